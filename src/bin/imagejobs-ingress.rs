@@ -1,0 +1,14 @@
+//! `imagejobs-ingress`: parse settings, start, serve until SIGINT/SIGTERM.
+
+use clap::Parser;
+use imagejobs::ingress::{Ingress, IngressConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    imagejobs::telemetry::init_tracing();
+    let config = IngressConfig::parse();
+    let shutdown = imagejobs::shutdown::on_signal();
+    let ingress = Ingress::build(config, shutdown).await?;
+    tracing::info!(addr = %ingress.local_addr(), "ingress listening");
+    ingress.run_until_stopped().await
+}

@@ -1,0 +1,333 @@
+//! The broker connection: a supervisor that owns it, a pool of confirm channels on it,
+//! and confirmed publishing.
+//!
+//! lapin's automatic recovery has had open bugs around broker restarts (DESIGN §9), so we
+//! own recovery: a supervisor task connects, declares the topology, publishes the live
+//! connection through a `watch` channel, waits for the connection to fail, and starts
+//! over with backoff. Nothing is ever re-used from a dead connection: its pooled
+//! channels go with it, and deliveries received on it are left for the broker to requeue.
+//!
+//! Publishing takes a channel from the pool only for the `basic.publish` itself and
+//! awaits the confirm after handing the channel back, so many publishes are in flight on
+//! each channel and concurrent callers never queue behind one another's confirms.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use futures::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::LongString;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::topology::Topology;
+
+/// How to reach the broker and how to publish on it.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub url: String,
+    /// Shown in the broker's management UI and `rabbitmqctl list_connections`.
+    pub connection_name: String,
+    pub topology: Topology,
+    /// Confirm channels kept open for publishing.
+    pub channels: usize,
+    /// How long a publish may wait for its confirm before it counts as failed.
+    pub publish_timeout: Duration,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+impl BrokerConfig {
+    pub fn new(url: impl Into<String>, name: impl Into<String>, topology: Topology) -> Self {
+        BrokerConfig {
+            url: url.into(),
+            connection_name: name.into(),
+            topology,
+            channels: 8,
+            publish_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a publish did not get a positive confirm. Each case means the broker does *not*
+/// hold the message, so the caller may report failure (HTTP 503) or try again.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unavailable")]
+    Unavailable,
+    #[error("message returned as unroutable: {0}")]
+    Returned(String),
+    #[error("broker refused the message (queue full or internal error)")]
+    Nack,
+    #[error("no publisher confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("broker channel error: {0}")]
+    Channel(#[from] lapin::Error),
+}
+
+/// A live connection with its channel pool. Cloned as `Arc`; dropped with the connection.
+pub struct Live {
+    pub connection: Arc<Connection>,
+    pool: ChannelPool,
+    closed: CancellationToken,
+}
+
+impl Live {
+    /// A new channel of its own (for consumers, which need their own QoS and must not
+    /// share a channel with publishers).
+    pub async fn open_channel(&self) -> Result<Channel, lapin::Error> {
+        self.connection.create_channel().await
+    }
+
+    /// Resolves when this connection has failed or closed.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    pub fn is_open(&self) -> bool {
+        !self.closed.is_cancelled() && self.connection.status().connected()
+    }
+}
+
+type ChannelPool = managed::Pool<ChannelManager>;
+
+/// Makes confirm-mode channels on one connection; a channel is reused only while open.
+struct ChannelManager {
+    connection: Arc<Connection>,
+}
+
+impl managed::Manager for ChannelManager {
+    type Type = Channel;
+    type Error = lapin::Error;
+
+    async fn create(&self) -> Result<Channel, lapin::Error> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(channel)
+    }
+
+    async fn recycle(&self, channel: &mut Channel, _: &Metrics) -> RecycleResult<lapin::Error> {
+        if channel.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("channel is closed"))
+        }
+    }
+}
+
+/// Cheap handle to the supervised connection; clone it freely.
+#[derive(Clone)]
+pub struct Broker {
+    config: Arc<BrokerConfig>,
+    live: watch::Receiver<Option<Arc<Live>>>,
+}
+
+impl Broker {
+    /// Starts the supervisor and returns at once; the connection comes up in the
+    /// background (see [`Broker::wait_live`]) and is rebuilt whenever it fails, until
+    /// `shutdown` is cancelled.
+    pub fn start(config: BrokerConfig, shutdown: CancellationToken) -> Broker {
+        let config = Arc::new(config);
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(supervise(config.clone(), tx, shutdown));
+        Broker { config, live: rx }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.config.topology
+    }
+
+    /// The current connection, if it is up.
+    pub fn live(&self) -> Option<Arc<Live>> {
+        self.live.borrow().clone().filter(|l| l.is_open())
+    }
+
+    /// Waits until a connection is up (topology declared).
+    pub async fn wait_live(&self) -> Arc<Live> {
+        let mut rx = self.live.clone();
+        loop {
+            if let Some(live) = rx.borrow_and_update().clone().filter(|l| l.is_open()) {
+                return live;
+            }
+            if rx.changed().await.is_err() {
+                // The supervisor is gone (shutdown): nothing will ever come up.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.live().is_some()
+    }
+
+    /// Publishes one message with `mandatory` and waits for its own confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let live = self.live().ok_or(PublishError::Unavailable)?;
+        let timeout = self.config.publish_timeout;
+        let confirm = {
+            let channel = tokio::time::timeout(timeout, live.pool.get())
+                .await
+                .map_err(|_| PublishError::Timeout(timeout))?
+                .map_err(|e| match e {
+                    managed::PoolError::Backend(e) => PublishError::Channel(e),
+                    _ => PublishError::Unavailable,
+                })?;
+            let opts = BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            };
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    opts,
+                    payload,
+                    properties,
+                )
+                .await?
+            // The channel goes back to the pool here, before the confirm arrives.
+        };
+        match tokio::time::timeout(timeout, confirm).await {
+            Err(_) => Err(PublishError::Timeout(timeout)),
+            Ok(Err(e)) => Err(PublishError::Channel(e)),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(ret)))) => {
+                Err(PublishError::Returned(ret.reply_text.to_string()))
+            }
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nack),
+            // Every pooled channel is in confirm mode; this would be a bug in the pool.
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Unavailable),
+        }
+    }
+}
+
+/// Connects, declares, publishes the live connection, waits for it to die; repeats.
+async fn supervise(
+    config: Arc<BrokerConfig>,
+    tx: watch::Sender<Option<Arc<Live>>>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = tokio::time::timeout(config.connect_timeout, connect(&config)) => r,
+        };
+        match attempt {
+            Ok(Ok(live)) => {
+                tracing::info!(name = %config.connection_name, "connected to the broker");
+                backoff.reset();
+                tx.send_replace(Some(live.clone()));
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        tx.send_replace(None);
+                        let _ = live.connection.close(200, "shutting down".into()).await;
+                        break;
+                    }
+                    _ = live.closed() => {
+                        tracing::warn!(name = %config.connection_name, "lost the broker connection; reconnecting");
+                        tx.send_replace(None);
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "broker connection failed"),
+            Err(_) => tracing::warn!("broker connection attempt timed out"),
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    tx.send_replace(None);
+}
+
+async fn connect(config: &BrokerConfig) -> anyhow::Result<Arc<Live>> {
+    use anyhow::Context;
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(config.connection_name.as_str()));
+    let connection = Connection::connect(&config.url, props)
+        .await
+        .context("connecting")?;
+    let closed = CancellationToken::new();
+    // A connection reports its failure as an error event; a fallback poll of its status
+    // covers a close that comes without one.
+    let mut events = connection.events_listener();
+    let status = connection.status().clone();
+    let watcher = closed.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(Event::Error(e)) => { tracing::debug!(error = %e, "connection error event"); break }
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = tick.tick() => if !status.connected() { break },
+                _ = watcher.cancelled() => return,
+            }
+        }
+        watcher.cancel();
+    });
+
+    let declare = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    config.topology.declare(&declare).await?;
+    let _ = declare.close(200, "declared".into()).await;
+
+    let connection = Arc::new(connection);
+    let pool = ChannelPool::builder(ChannelManager {
+        connection: connection.clone(),
+    })
+    .max_size(config.channels.max(1))
+    .build()
+    .context("building the channel pool")?;
+    Ok(Arc::new(Live {
+        connection,
+        pool,
+        closed,
+    }))
+}
+
+/// Exponential backoff with full jitter, for reconnecting.
+#[derive(Debug)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16));
+        self.attempt = self.attempt.saturating_add(1);
+        let ceiling = exp.min(self.cap);
+        let half = ceiling / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+}

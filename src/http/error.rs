@@ -1,0 +1,111 @@
+//! The one error type of the HTTP API, rendered in the seed's JSON shape
+//! `{"error": "<message>", "code": <int>, "details": "<text>"}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::broker::PublishError;
+
+/// Every way a request can fail. The `details` never carry internals such as broker
+/// addresses; those are logged where the error is handled.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest {
+        message: &'static str,
+        details: String,
+    },
+    #[error("unauthorized")]
+    Unauthorized(#[from] AuthError),
+    #[error("not found")]
+    NotFound,
+    #[error("payload too large")]
+    TooLarge { limit: usize },
+    #[error("unsupported media type")]
+    Unsupported(String),
+    #[error("too many requests")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("service unavailable")]
+    Unavailable {
+        details: String,
+        retry_after_secs: u64,
+    },
+}
+
+impl ApiError {
+    pub fn bad_request(message: &'static str, details: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            message,
+            details: details.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn details(&self) -> String {
+        match self {
+            ApiError::BadRequest { details, .. } => details.clone(),
+            ApiError::Unauthorized(e) => e.to_string(),
+            ApiError::NotFound => "no such job".into(),
+            ApiError::TooLarge { limit } => format!("the image may be at most {limit} bytes"),
+            ApiError::Unsupported(d) => d.clone(),
+            ApiError::RateLimited { .. } => {
+                "the tenant is over its request rate; retry later".into()
+            }
+            ApiError::Unavailable { details, .. } => details.clone(),
+        }
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        let details = match &e {
+            PublishError::Nack => {
+                "the job queue is full or the broker refused the job; retry later"
+            }
+            PublishError::Returned(_) => "the job could not be routed to a queue; retry later",
+            _ => "the broker is unavailable; retry later",
+        };
+        ApiError::Unavailable {
+            details: details.into(),
+            retry_after_secs: 1,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = json!({ "error": self.to_string(), "code": status.as_u16(), "details": self.details() });
+        let mut resp = (status, Json(body)).into_response();
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,43 @@
+//! `GET /api/v1/job/{id}` and `GET /api/v1/job/{id}/status`, answered from the index.
+//! Another tenant's job is a 404, exactly like an unknown id.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::AuthError;
+use crate::index::JobView;
+use crate::job::JobId;
+
+fn lookup(app: &AppState, headers: &HeaderMap, id: &str) -> Result<JobView, ApiError> {
+    let auth = match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => return Err(AuthError::MalformedHeader.into()),
+    };
+    let caller = app.verifier.verify_header(auth)?;
+    let id: JobId = id.parse().map_err(|_| ApiError::NotFound)?;
+    app.index
+        .get(id)
+        .filter(|job| job.tenant_id == caller.tenant_id)
+        .ok_or(ApiError::NotFound)
+}
+
+pub async fn job(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    lookup(&app, &headers, &id).map(Json)
+}
+
+pub async fn status(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    lookup(&app, &headers, &id).map(|job| Json(json!({ "status": job.status })))
+}

@@ -1,0 +1,362 @@
+//! The job index: what the ingress knows of every job, rebuilt from the events stream.
+//!
+//! Invariants: applying an event twice, or late, changes nothing it should not; a status
+//! never moves backwards within an attempt (QUEUED < RUNNING < RETRYING < SUCCESS|FAILED,
+//! and the first terminal status of an attempt stays); a higher attempt wins.
+//! Records are kept compact (about 100 bytes plus the strings they must keep) because
+//! an ingress holds every job of the stream's retention window.
+
+mod follow;
+
+pub use follow::follow;
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::job::{ClientId, JobId, Md5, Status, StatusEvent, TenantId};
+
+const SHARDS: usize = 32;
+
+/// MIME types stored as a one-byte code; others are dropped (consumers only report these).
+const CONTENT_TYPES: [&str; 6] = [
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+];
+
+#[derive(Clone, Debug)]
+struct Record {
+    tenant_id: i64,
+    client_id: i64,
+    created_ms: u64,
+    updated_ms: u64,
+    payload_size: Option<NonZeroU64>,
+    payload_location: Option<Box<str>>,
+    error: Option<Box<str>>,
+    md5: Option<Md5>,
+    attempt: u32,
+    status: Status,
+    /// 0 = unknown, else 1 + index into `CONTENT_TYPES`.
+    content_type: u8,
+}
+
+/// A job as the API shows it (DESIGN §3); absent values are omitted.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub tenant_id: TenantId,
+    pub client_id: ClientId,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub md5: Option<Md5>,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Shared handle to the index; clone freely.
+#[derive(Clone)]
+pub struct JobIndex {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Vec<RwLock<HashMap<JobId, Record>>>,
+    caught_up: AtomicBool,
+}
+
+impl Default for JobIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn ms_of(at: &str) -> u64 {
+    let t = humantime::parse_rfc3339_weak(at).unwrap_or_else(|_| SystemTime::now());
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn rfc3339_of(ms: u64) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Whether `(attempt, status)` may replace `(cur_attempt, cur)`.
+fn supersedes(attempt: u32, status: Status, cur_attempt: u32, cur: Status) -> bool {
+    if attempt != cur_attempt {
+        return attempt > cur_attempt;
+    }
+    !cur.is_terminal() && status > cur
+}
+
+impl JobIndex {
+    pub fn new() -> Self {
+        JobIndex {
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+                caught_up: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn shard(&self, id: JobId) -> &RwLock<HashMap<JobId, Record>> {
+        let n = (id.0.as_u128() as usize) % SHARDS;
+        &self.inner.shards[n]
+    }
+
+    /// Applies one event. Returns whether it changed the index.
+    pub fn apply(&self, ev: &StatusEvent) -> bool {
+        let Some(status) = ev.known_status() else {
+            return false;
+        };
+        let at = ms_of(&ev.at);
+        let content_type = ev
+            .content_type
+            .as_deref()
+            .and_then(|c| CONTENT_TYPES.iter().position(|k| *k == c))
+            .map_or(0, |i| i as u8 + 1);
+        let mut shard = self
+            .shard(ev.job_id)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let rec = shard.entry(ev.job_id).or_insert_with(|| Record {
+            tenant_id: ev.tenant_id.0,
+            client_id: ev.client_id.0,
+            created_ms: at,
+            updated_ms: at,
+            payload_size: None,
+            payload_location: None,
+            error: None,
+            md5: None,
+            attempt: 0,
+            status,
+            content_type: 0,
+        });
+        if rec.tenant_id != ev.tenant_id.0 {
+            // A job never changes tenant; such an event is not about this job.
+            return false;
+        }
+        let mut changed = false;
+        // Facts about the image: fill in whatever is still unknown, from any event.
+        if rec.md5.is_none() && ev.md5.is_some() {
+            rec.md5 = ev.md5;
+            changed = true;
+        }
+        if rec.content_type == 0 && content_type != 0 {
+            rec.content_type = content_type;
+            changed = true;
+        }
+        if rec.payload_size.is_none() {
+            if let Some(size) = ev.payload_size.and_then(NonZeroU64::new) {
+                rec.payload_size = Some(size);
+                changed = true;
+            }
+        }
+        rec.created_ms = rec.created_ms.min(at);
+        if rec.attempt == 0 || supersedes(ev.attempt, status, rec.attempt, rec.status) {
+            rec.attempt = ev.attempt.max(1);
+            rec.status = status;
+            rec.updated_ms = rec.updated_ms.max(at);
+            rec.error = ev.error.as_deref().map(Box::from);
+            if let Some(loc) = &ev.payload_location {
+                rec.payload_location = Some(loc.as_str().into());
+            }
+            changed = true;
+        }
+        changed
+    }
+
+    pub fn get(&self, id: JobId) -> Option<JobView> {
+        let shard = self.shard(id).read().unwrap_or_else(|p| p.into_inner());
+        let r = shard.get(&id)?;
+        Some(JobView {
+            id,
+            tenant_id: TenantId(r.tenant_id),
+            client_id: ClientId(r.client_id),
+            status: r.status,
+            payload_location: r.payload_location.as_deref().map(str::to_owned),
+            payload_size: r.payload_size.map(NonZeroU64::get),
+            content_type: r
+                .content_type
+                .checked_sub(1)
+                .map(|i| CONTENT_TYPES[i as usize]),
+            md5: r.md5,
+            attempts: r.attempt,
+            error: r.error.as_deref().map(str::to_owned),
+            created_at: rfc3339_of(r.created_ms),
+            updated_at: rfc3339_of(r.updated_ms),
+        })
+    }
+
+    /// Drops jobs not updated since `cutoff` (they have left the stream's retention).
+    pub fn evict_older_than(&self, cutoff: SystemTime) -> usize {
+        let cutoff_ms = cutoff
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut evicted = 0;
+        for shard in &self.inner.shards {
+            let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
+            let before = shard.len();
+            shard.retain(|_, r| r.updated_ms >= cutoff_ms);
+            evicted += before - shard.len();
+        }
+        evicted
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True once the index has read the stream up to where it stood at start-up.
+    pub fn caught_up(&self) -> bool {
+        self.inner.caught_up.load(Ordering::Acquire)
+    }
+
+    fn set_caught_up(&self) {
+        self.inner.caught_up.store(true, Ordering::Release);
+    }
+
+    /// Bytes of one record in the map, excluding heap strings (for the memory figures).
+    pub const RECORD_BYTES: usize = std::mem::size_of::<(JobId, Record)>();
+}
+
+/// Parses a RabbitMQ `x-max-age` value (`7D`, `12h`, `30m`, `90s`, `1Y`, `1M`).
+pub fn parse_max_age(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "D" => 86_400,
+        "M" => 30 * 86_400,
+        "Y" => 365 * 86_400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.checked_mul(secs)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobMeta;
+
+    fn meta(id: JobId) -> JobMeta {
+        JobMeta {
+            id,
+            tenant_id: TenantId(1),
+            client_id: ClientId(2),
+            content_type: Some("image/png".into()),
+            md5: Some(Md5::of(b"x")),
+            attempt: 1,
+            payload_location: None,
+            payload_size: Some(10),
+        }
+    }
+
+    fn ev(id: JobId, status: Status, attempt: u32) -> StatusEvent {
+        let mut m = meta(id);
+        m.attempt = attempt;
+        StatusEvent::new(&m, status)
+    }
+
+    #[test]
+    fn never_backwards_and_idempotent() {
+        let idx = JobIndex::new();
+        let id = JobId::new();
+        assert!(idx.apply(&ev(id, Status::Running, 1)));
+        assert!(
+            !idx.apply(&ev(id, Status::Queued, 1)),
+            "late QUEUED is ignored"
+        );
+        let mut done = ev(id, Status::Success, 1);
+        done.payload_location = Some("http://blob/x".into());
+        assert!(idx.apply(&done));
+        assert!(
+            !idx.apply(&ev(id, Status::Failed, 1)),
+            "first terminal status stays"
+        );
+        assert!(!idx.apply(&ev(id, Status::Running, 1)));
+        let v = idx.get(id).unwrap();
+        assert_eq!(v.status, Status::Success);
+        assert_eq!(v.payload_location.as_deref(), Some("http://blob/x"));
+        assert_eq!(v.content_type, Some("image/png"));
+        assert_eq!(v.payload_size, Some(10));
+    }
+
+    #[test]
+    fn higher_attempt_wins() {
+        let idx = JobIndex::new();
+        let id = JobId::new();
+        idx.apply(&ev(id, Status::Failed, 1));
+        idx.apply(&ev(id, Status::Running, 2));
+        assert_eq!(idx.get(id).unwrap().status, Status::Running);
+        assert_eq!(idx.get(id).unwrap().attempts, 2);
+        idx.apply(&ev(id, Status::Retrying, 1));
+        assert_eq!(idx.get(id).unwrap().status, Status::Running);
+    }
+
+    #[test]
+    fn unknown_status_and_other_tenant_ignored() {
+        let idx = JobIndex::new();
+        let id = JobId::new();
+        let mut e = ev(id, Status::Queued, 1);
+        e.status = "MARKER".into();
+        assert!(!idx.apply(&e));
+        assert!(idx.get(id).is_none());
+        idx.apply(&ev(id, Status::Queued, 1));
+        let mut other = ev(id, Status::Success, 1);
+        other.tenant_id = TenantId(99);
+        assert!(!idx.apply(&other));
+        assert_eq!(idx.get(id).unwrap().status, Status::Queued);
+    }
+
+    #[test]
+    fn eviction_and_sizes() {
+        let idx = JobIndex::new();
+        let id = JobId::new();
+        let mut e = ev(id, Status::Queued, 1);
+        e.at = "2000-01-01T00:00:00.000Z".into();
+        idx.apply(&e);
+        idx.apply(&ev(JobId::new(), Status::Queued, 1));
+        assert_eq!(
+            idx.evict_older_than(SystemTime::now() - Duration::from_secs(3600)),
+            1
+        );
+        assert_eq!(idx.len(), 1);
+        let record = JobIndex::RECORD_BYTES;
+        assert!(record <= 120, "record is {record} bytes");
+        assert_eq!(parse_max_age("7D"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_max_age("12h"), Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_max_age("x"), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! The ingress process: configuration, start-up and serving until shutdown.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{ArgAction, Parser};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Verifier;
+use crate::broker::{Broker, BrokerConfig};
+use crate::config::{BrokerArgs, Secret};
+use crate::http::{self, AppState, Shared};
+use crate::idempotency::IdempotencyCache;
+use crate::index::{self, JobIndex};
+use crate::ratelimit::TenantLimiter;
+use crate::topology::Topology;
+
+/// `imagejobs-ingress`: the HTTP API that validates and publishes image jobs.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "imagejobs-ingress", version, about)]
+pub struct IngressConfig {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    /// Address to listen on.
+    #[arg(long, env = "SERVER_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Port to listen on; 0 picks a free one.
+    #[arg(long, env = "SERVER_PORT", default_value_t = 9000)]
+    pub port: u16,
+
+    /// HS256 secret that client tokens are signed with.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// File holding the JWT secret (used when JWT_SECRET is unset).
+    #[arg(long, env = "JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// Audience tokens must carry; unset = not checked.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Refuse tokens without `exp`.
+    #[arg(long, env = "JWT_REQUIRE_EXP", action = ArgAction::Set, default_value_t = false)]
+    pub jwt_require_exp: bool,
+
+    /// Largest image accepted, in bytes (a base64 JSON body may be 4/3 of it).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Submits per second per tenant; 0 = unlimited.
+    #[arg(long, env = "TENANT_RATE", default_value_t = 0)]
+    pub tenant_rate: u32,
+
+    /// Burst a tenant may send above its rate (default: one second's worth).
+    #[arg(long, env = "TENANT_BURST")]
+    pub tenant_burst: Option<u32>,
+
+    /// Confirm channels kept open for publishing.
+    #[arg(long, env = "AMQP_CHANNELS", default_value_t = 8)]
+    pub amqp_channels: usize,
+
+    /// How long a submit waits for the broker's confirm before answering 503.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    pub publish_timeout_ms: u64,
+}
+
+impl IngressConfig {
+    /// The JWT secret from `JWT_SECRET` or `JWT_SECRET_FILE`; there is no default.
+    pub fn secret(&self) -> anyhow::Result<Secret> {
+        let secret = match (&self.jwt_secret, &self.jwt_secret_file) {
+            (Some(s), _) => s.clone(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading JWT_SECRET_FILE {}", path.display()))?;
+                Secret::new(text.trim_end_matches(['\r', '\n']))
+            }
+            (None, None) => anyhow::bail!("no JWT secret: set JWT_SECRET or JWT_SECRET_FILE"),
+        };
+        anyhow::ensure!(!secret.expose().is_empty(), "the JWT secret is empty");
+        Ok(secret)
+    }
+}
+
+/// A built ingress: listening, connected in the background, not yet serving.
+pub struct Ingress {
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+}
+
+impl Ingress {
+    pub async fn build(config: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let secret = config.secret()?;
+        let verifier = Verifier::new(
+            &secret,
+            config.jwt_audience.as_deref(),
+            config.jwt_require_exp,
+        );
+        let topology = Topology::new(&config.broker.topology);
+        let mut broker_config =
+            BrokerConfig::new(&config.broker.amqp_url, "imagejobs-ingress", topology);
+        broker_config.channels = config.amqp_channels;
+        broker_config.publish_timeout = Duration::from_millis(config.publish_timeout_ms);
+        let broker = Broker::start(broker_config, shutdown.clone());
+        let index = JobIndex::new();
+        let max_age = index::parse_max_age(&config.broker.topology.events_max_age);
+        tokio::spawn(index::follow(
+            broker.clone(),
+            index.clone(),
+            max_age,
+            shutdown.clone(),
+        ));
+        let state = AppState::new(Shared {
+            broker,
+            verifier,
+            max_body: config.max_body_bytes,
+            limiter: TenantLimiter::new(config.tenant_rate, config.tenant_burst),
+            idempotency: IdempotencyCache::new(Duration::from_secs(24 * 3600), 1_000_000),
+            index,
+        });
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        Ok(Ingress {
+            listener,
+            state,
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then finishes in-flight requests.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let app = http::router(self.state);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(self.shutdown.cancelled_owned())
+            .await
+            .context("serving HTTP")
+    }
+}

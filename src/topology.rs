@@ -1,0 +1,330 @@
+//! Every broker name and declaration (DESIGN §4), derived from `AMQP_PREFIX`.
+//!
+//! The declarations are data first ([`Topology::declarations`]) so that the same list
+//! declares the topology on a channel at start-up and renders `rabbitmq/definitions.json`
+//! for operators; a test keeps that file equal to what the code declares.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+use serde_json::{json, Map, Value};
+
+use crate::config::TopologyArgs;
+
+/// Routing key of job messages on the jobs exchange.
+pub const SUBMIT_KEY: &str = "submit";
+
+/// A queue argument value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arg {
+    Int(i64),
+    Str(String),
+}
+
+/// One thing to declare.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Declaration {
+    Exchange {
+        name: String,
+        kind: &'static str,
+    },
+    Queue {
+        name: String,
+        args: Vec<(&'static str, Arg)>,
+    },
+    Binding {
+        queue: String,
+        exchange: String,
+        key: String,
+    },
+}
+
+/// Names and limits of one deployment's topology.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    prefix: String,
+    max_length: u64,
+    delivery_limit: u32,
+    events_max_age: String,
+    events_max_bytes: u64,
+    retry_delays: Vec<Duration>,
+}
+
+impl Topology {
+    pub fn new(args: &TopologyArgs) -> Self {
+        Topology {
+            prefix: args.amqp_prefix.clone(),
+            max_length: args.queue_max_length,
+            delivery_limit: args.queue_delivery_limit,
+            events_max_age: args.events_max_age.clone(),
+            events_max_bytes: args.events_max_bytes,
+            retry_delays: args.retry_delays.0.clone(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    /// Direct exchange that takes jobs with routing key [`SUBMIT_KEY`].
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}.jobs", self.prefix)
+    }
+    /// Quorum queue consumers take jobs from.
+    pub fn work_queue(&self) -> String {
+        format!("{}.jobs.work", self.prefix)
+    }
+    /// Delay queue for the next attempt after `delay`.
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.jobs.retry.{}s", self.prefix, delay.as_secs())
+    }
+    /// Fanout exchange of what cannot be processed.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.jobs.dlx", self.prefix)
+    }
+    /// Queue of what cannot be processed, with reasons in `x-error` or `x-death`.
+    pub fn dead_queue(&self) -> String {
+        format!("{}.jobs.dead", self.prefix)
+    }
+    /// Fanout exchange of status events.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+    /// Stream queue the job index is rebuilt from (same name as the exchange).
+    pub fn events_stream(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+    pub fn retry_delays(&self) -> &[Duration] {
+        &self.retry_delays
+    }
+
+    /// Everything the deployment needs, in an order that declares cleanly.
+    pub fn declarations(&self) -> Vec<Declaration> {
+        use Arg::{Int, Str};
+        let quorum = ("x-queue-type", Str("quorum".into()));
+        let mut out = vec![
+            Declaration::Exchange {
+                name: self.jobs_exchange(),
+                kind: "direct",
+            },
+            Declaration::Exchange {
+                name: self.dead_letter_exchange(),
+                kind: "fanout",
+            },
+            Declaration::Exchange {
+                name: self.events_exchange(),
+                kind: "fanout",
+            },
+            Declaration::Queue {
+                name: self.work_queue(),
+                args: vec![
+                    quorum.clone(),
+                    ("x-dead-letter-exchange", Str(self.dead_letter_exchange())),
+                    ("x-dead-letter-strategy", Str("at-least-once".into())),
+                    ("x-delivery-limit", Int(i64::from(self.delivery_limit))),
+                    ("x-max-length", Int(self.max_length as i64)),
+                    ("x-overflow", Str("reject-publish".into())),
+                ],
+            },
+            Declaration::Binding {
+                queue: self.work_queue(),
+                exchange: self.jobs_exchange(),
+                key: SUBMIT_KEY.into(),
+            },
+            Declaration::Queue {
+                name: self.dead_queue(),
+                args: vec![quorum.clone()],
+            },
+            Declaration::Binding {
+                queue: self.dead_queue(),
+                exchange: self.dead_letter_exchange(),
+                key: String::new(),
+            },
+            Declaration::Queue {
+                name: self.events_stream(),
+                args: vec![
+                    ("x-queue-type", Str("stream".into())),
+                    ("x-max-age", Str(self.events_max_age.clone())),
+                    ("x-max-length-bytes", Int(self.events_max_bytes as i64)),
+                ],
+            },
+            Declaration::Binding {
+                queue: self.events_stream(),
+                exchange: self.events_exchange(),
+                key: String::new(),
+            },
+        ];
+        for delay in &self.retry_delays {
+            out.push(Declaration::Queue {
+                name: self.retry_queue(*delay),
+                args: vec![
+                    quorum.clone(),
+                    ("x-message-ttl", Int(delay.as_millis() as i64)),
+                    ("x-dead-letter-exchange", Str(self.jobs_exchange())),
+                    ("x-dead-letter-routing-key", Str(SUBMIT_KEY.into())),
+                    ("x-dead-letter-strategy", Str("at-least-once".into())),
+                    ("x-overflow", Str("reject-publish".into())),
+                ],
+            });
+        }
+        out
+    }
+
+    /// Declares everything on `channel`. Idempotent: declaring what exists with the same
+    /// arguments is a no-op; different arguments fail with PRECONDITION_FAILED, which is
+    /// reported with the name so an operator can see which limit changed.
+    pub async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
+        use anyhow::Context;
+        for decl in self.declarations() {
+            match decl {
+                Declaration::Exchange { name, kind } => {
+                    let kind = match kind {
+                        "direct" => ExchangeKind::Direct,
+                        _ => ExchangeKind::Fanout,
+                    };
+                    let opts = ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    };
+                    channel
+                        .exchange_declare(name.as_str().into(), kind, opts, FieldTable::default())
+                        .await
+                        .with_context(|| format!("declaring exchange {name}"))?;
+                }
+                Declaration::Queue { name, args } => {
+                    let mut table = FieldTable::default();
+                    for (k, v) in args {
+                        let v = match v {
+                            Arg::Int(i) => AMQPValue::LongLongInt(i),
+                            Arg::Str(s) => AMQPValue::LongString(LongString::from(s)),
+                        };
+                        table.insert(k.into(), v);
+                    }
+                    let opts = QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    };
+                    channel
+                        .queue_declare(name.as_str().into(), opts, table)
+                        .await
+                        .with_context(|| format!("declaring queue {name} (if it exists with other arguments, delete it or restore the old limits)"))?;
+                }
+                Declaration::Binding {
+                    queue,
+                    exchange,
+                    key,
+                } => {
+                    channel
+                        .queue_bind(
+                            queue.as_str().into(),
+                            exchange.as_str().into(),
+                            key.as_str().into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await
+                        .with_context(|| format!("binding {queue} to {exchange}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The same topology as a RabbitMQ definitions document (vhost `/`), for
+    /// `rabbitmqctl import_definitions`.
+    pub fn definitions_json(&self) -> Value {
+        let (mut exchanges, mut queues, mut bindings) = (vec![], vec![], vec![]);
+        for decl in self.declarations() {
+            match decl {
+                Declaration::Exchange { name, kind } => exchanges.push(json!({
+                    "name": name, "vhost": "/", "type": kind, "durable": true,
+                    "auto_delete": false, "internal": false, "arguments": {}
+                })),
+                Declaration::Queue { name, args } => {
+                    let arguments: Map<String, Value> = args
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let v = match v {
+                                Arg::Int(i) => json!(i),
+                                Arg::Str(s) => json!(s),
+                            };
+                            (k.to_owned(), v)
+                        })
+                        .collect();
+                    queues.push(json!({
+                        "name": name, "vhost": "/", "durable": true,
+                        "auto_delete": false, "arguments": arguments
+                    }));
+                }
+                Declaration::Binding {
+                    queue,
+                    exchange,
+                    key,
+                } => bindings.push(json!({
+                    "source": exchange, "vhost": "/", "destination": queue,
+                    "destination_type": "queue", "routing_key": key, "arguments": {}
+                })),
+            }
+        }
+        json!({ "vhosts": [{"name": "/"}], "exchanges": exchanges, "queues": queues, "bindings": bindings })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        topology: TopologyArgs,
+    }
+
+    fn defaults() -> Topology {
+        // Parse with no flags and no environment overrides of our variables.
+        let cli = Cli::parse_from([
+            "x",
+            "--amqp-prefix",
+            "imagejobs",
+            "--retry-delays",
+            "5,30,300",
+            "--queue-max-length",
+            "1000000",
+            "--queue-delivery-limit",
+            "10",
+            "--events-max-age",
+            "7D",
+            "--events-max-bytes",
+            "5000000000",
+        ]);
+        Topology::new(&cli.topology)
+    }
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let t = defaults();
+        assert_eq!(t.work_queue(), "imagejobs.jobs.work");
+        assert_eq!(
+            t.retry_queue(Duration::from_secs(30)),
+            "imagejobs.jobs.retry.30s"
+        );
+        assert_eq!(t.dead_queue(), "imagejobs.jobs.dead");
+        assert_eq!(t.events_stream(), "imagejobs.events");
+    }
+
+    /// `rabbitmq/definitions.json` is what the code declares with default settings.
+    /// Regenerate it with `cargo run --bin imagejobs -- definitions > rabbitmq/definitions.json`
+    /// when this fails after a deliberate change.
+    #[test]
+    fn definitions_file_matches_code() {
+        let file = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/rabbitmq/definitions.json"
+        ))
+        .expect("rabbitmq/definitions.json exists");
+        let on_disk: Value = serde_json::from_str(&file).expect("definitions.json is JSON");
+        assert_eq!(on_disk, defaults().definitions_json());
+    }
+}

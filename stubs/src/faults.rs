@@ -1,0 +1,288 @@
+//! Fault injection: latency, injected 503s, failed jobs, how long jobs run, forced statuses.
+//!
+//! The knobs start from [`StubConfig`] and can be changed while the stubs
+//! serve, through a [`Faults`] handle: tests turn a fault on, watch the caller cope, and turn
+//! it off again without restarting anything. Every knob is an atomic, so reading one on each
+//! request costs nothing and no lock is ever held across an `.await`.
+//!
+//! Random decisions are a pure function of a seed and a key (the request's sequence number,
+//! or the job id), so a seeded run makes the same decisions again, and a job keeps the same
+//! fate however often it is submitted.
+
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::StubConfig;
+
+/// Header the worker puts on its own calls to the blob service of the same process, so that
+/// injected faults (meant for the pipeline under test) do not fail the worker's internal work
+/// and do not count as the pipeline's requests.
+pub const INTERNAL_HEADER: &str = "x-imagejobs-stub-internal";
+
+/// Runtime-adjustable fault knobs; a cheap `Clone` handle shared by both services.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    inner: Arc<Knobs>,
+}
+
+#[derive(Debug)]
+struct Knobs {
+    latency_ms: AtomicU64,
+    /// `f64` bits of the share of API requests answered 503.
+    error_rate: AtomicU64,
+    /// `f64` bits of the share of jobs that end FAILED.
+    job_fail_rate: AtomicU64,
+    running_ms: AtomicU64,
+    skip_image_work: AtomicBool,
+    /// 0 means "not forced".
+    forced_status: AtomicU16,
+    seed: u64,
+    /// Sequence number of API requests, the key of the 503 decision.
+    request_seq: AtomicU64,
+}
+
+impl Faults {
+    /// Knobs as configured; without a seed a random one is drawn.
+    pub fn new(config: &StubConfig) -> Self {
+        let faults = Self {
+            inner: Arc::new(Knobs {
+                latency_ms: AtomicU64::new(config.latency_ms),
+                error_rate: AtomicU64::new(clamp_rate(config.error_rate).to_bits()),
+                job_fail_rate: AtomicU64::new(clamp_rate(config.job_fail_rate).to_bits()),
+                running_ms: AtomicU64::new(config.running_ms),
+                skip_image_work: AtomicBool::new(config.skip_image_work),
+                forced_status: AtomicU16::new(0),
+                seed: config.seed.unwrap_or_else(rand::random),
+                request_seq: AtomicU64::new(0),
+            }),
+        };
+        faults.set_forced_status(config.force_job_status);
+        faults
+    }
+
+    /// The seed of the random decisions (drawn at start when none was configured).
+    pub fn seed(&self) -> u64 {
+        self.inner.seed
+    }
+
+    /// Delay added to every API request.
+    pub fn latency(&self) -> Duration {
+        Duration::from_millis(self.inner.latency_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets the delay added to every API request.
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.inner.latency_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Share of API requests answered 503.
+    pub fn error_rate(&self) -> f64 {
+        f64::from_bits(self.inner.error_rate.load(Ordering::Relaxed))
+    }
+
+    /// Sets the share of API requests answered 503; clamped to 0.0–1.0 (NaN means 0).
+    pub fn set_error_rate(&self, rate: f64) {
+        self.inner
+            .error_rate
+            .store(clamp_rate(rate).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Share of worker jobs that end FAILED.
+    pub fn job_fail_rate(&self) -> f64 {
+        f64::from_bits(self.inner.job_fail_rate.load(Ordering::Relaxed))
+    }
+
+    /// Sets the share of worker jobs that end FAILED; clamped to 0.0–1.0 (NaN means 0).
+    /// Applies to jobs submitted afterwards.
+    pub fn set_job_fail_rate(&self, rate: f64) {
+        self.inner
+            .job_fail_rate
+            .store(clamp_rate(rate).to_bits(), Ordering::Relaxed);
+    }
+
+    /// How long a worker job stays RUNNING.
+    pub fn running(&self) -> Duration {
+        Duration::from_millis(self.inner.running_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets how long worker jobs submitted afterwards stay RUNNING; zero makes the worker
+    /// answer the POST with the final result.
+    pub fn set_running(&self, running: Duration) {
+        let ms = u64::try_from(running.as_millis()).unwrap_or(u64::MAX);
+        self.inner.running_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the worker skips the image work.
+    pub fn skip_image_work(&self) -> bool {
+        self.inner.skip_image_work.load(Ordering::Relaxed)
+    }
+
+    /// Makes jobs submitted afterwards skip (or do) the image work.
+    pub fn set_skip_image_work(&self, skip: bool) {
+        self.inner.skip_image_work.store(skip, Ordering::Relaxed);
+    }
+
+    /// The HTTP status every worker `POST /job` is answered with, if forced.
+    pub fn forced_status(&self) -> Option<u16> {
+        match self.inner.forced_status.load(Ordering::Relaxed) {
+            0 => None,
+            status => Some(status),
+        }
+    }
+
+    /// Answers every worker `POST /job` with this HTTP status (e.g. 422), or stops doing so
+    /// with `None`. A code that is not a valid HTTP status is answered as 500.
+    pub fn set_forced_status(&self, status: Option<u16>) {
+        self.inner
+            .forced_status
+            .store(status.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Decides whether the next API request is answered 503. Each call takes the next request
+    /// sequence number, so a seeded run that sends requests in the same order gets the same
+    /// answers.
+    pub(crate) fn inject_error(&self) -> bool {
+        let seq = self.inner.request_seq.fetch_add(1, Ordering::Relaxed);
+        let rate = self.error_rate();
+        rate > 0.0 && dice(self.inner.seed, b"error", &seq.to_le_bytes()) < rate
+    }
+
+    /// Decides whether the job with this id ends FAILED; the same id always gets the same
+    /// answer under the same seed and rate.
+    pub(crate) fn fail_job(&self, job_id: &str) -> bool {
+        let rate = self.job_fail_rate();
+        rate > 0.0 && dice(self.inner.seed, b"job-fail", job_id.as_bytes()) < rate
+    }
+}
+
+/// Middleware in front of every API route: sleeps for the configured latency, then answers
+/// 503 for the configured share of requests. Requests the worker makes to its own blob
+/// service (marked with [`INTERNAL_HEADER`]) pass untouched.
+pub(crate) async fn inject(State(faults): State<Faults>, request: Request, next: Next) -> Response {
+    if request.headers().contains_key(INTERNAL_HEADER) {
+        return next.run(request).await;
+    }
+    let latency = faults.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if faults.inject_error() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service unavailable",
+            "injected fault (STUB_ERROR_RATE)",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+fn clamp_rate(rate: f64) -> f64 {
+    if rate.is_nan() {
+        0.0
+    } else {
+        rate.clamp(0.0, 1.0)
+    }
+}
+
+/// A uniform number in [0, 1) that depends only on the seed, the decision's domain and its key.
+///
+/// FNV-1a folds the key into 64 bits, and the splitmix64 finaliser spreads it; both are fixed
+/// algorithms, so the value is the same on every run, platform and Rust release (unlike
+/// `std`'s `DefaultHasher`, whose algorithm may change).
+fn dice(seed: u64, domain: &[u8], key: &[u8]) -> f64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = FNV_OFFSET ^ splitmix64(seed);
+    for byte in domain.iter().chain([0xffu8].iter()).chain(key.iter()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    let mixed = splitmix64(hash ^ seed);
+    // The top 53 bits make an exactly representable fraction below 1.
+    (mixed >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn faults(seed: u64) -> Faults {
+        Faults::new(&StubConfig {
+            seed: Some(seed),
+            ..StubConfig::default()
+        })
+    }
+
+    #[test]
+    fn dice_is_a_fraction_that_depends_only_on_its_inputs() {
+        for key in 0u64..1000 {
+            let value = dice(42, b"error", &key.to_le_bytes());
+            assert!((0.0..1.0).contains(&value));
+            assert_eq!(value, dice(42, b"error", &key.to_le_bytes()));
+        }
+        assert_ne!(dice(1, b"error", b"k"), dice(2, b"error", b"k"));
+        assert_ne!(dice(1, b"error", b"k"), dice(1, b"job-fail", b"k"));
+    }
+
+    #[test]
+    fn dice_is_roughly_uniform() {
+        let hits = (0u64..10_000)
+            .filter(|key| dice(7, b"error", &key.to_le_bytes()) < 0.3)
+            .count();
+        assert!((2_700..3_300).contains(&hits), "{hits} of 10000 below 0.3");
+    }
+
+    #[test]
+    fn same_seed_makes_the_same_error_decisions() {
+        let (a, b) = (faults(9), faults(9));
+        a.set_error_rate(0.5);
+        b.set_error_rate(0.5);
+        let first: Vec<bool> = (0..64).map(|_| a.inject_error()).collect();
+        let second: Vec<bool> = (0..64).map(|_| b.inject_error()).collect();
+        assert_eq!(first, second);
+        assert!(first.iter().any(|&x| x) && first.iter().any(|&x| !x));
+    }
+
+    #[test]
+    fn a_job_keeps_its_fate() {
+        let f = faults(3);
+        f.set_job_fail_rate(0.5);
+        for i in 0..100 {
+            let id = format!("job-{i}");
+            assert_eq!(f.fail_job(&id), f.fail_job(&id));
+        }
+        f.set_job_fail_rate(1.0);
+        assert!(f.fail_job("any"));
+        f.set_job_fail_rate(0.0);
+        assert!(!f.fail_job("any"));
+    }
+
+    #[test]
+    fn rates_are_clamped_and_forced_status_round_trips() {
+        let f = faults(1);
+        f.set_error_rate(7.0);
+        assert_eq!(f.error_rate(), 1.0);
+        f.set_error_rate(f64::NAN);
+        assert_eq!(f.error_rate(), 0.0);
+        f.set_forced_status(Some(422));
+        assert_eq!(f.forced_status(), Some(422));
+        f.set_forced_status(None);
+        assert_eq!(f.forced_status(), None);
+    }
+}

@@ -1,0 +1,267 @@
+//! Binding, wiring and serving both services, and the [`Stubs`] handle tests hold.
+//!
+//! Each port serves its API routes (behind the stats and fault middleware), plus `GET /ping`
+//! and `GET /stats`, which get no faults and are not counted.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::Context;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::middleware::from_fn_with_state;
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use reqwest::Url;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::blob::{self, BlobService, BlobStore};
+use crate::blob_client::BlobClient;
+use crate::error::{no_such_route, ApiError};
+use crate::faults::{self, Faults};
+use crate::stats::{self, Stats, StatsSnapshot};
+use crate::worker::{self, JobTable, WorkerService};
+use crate::StubConfig;
+
+/// Running stubs: where they listen, and handles to steer and observe them.
+///
+/// The servers stop when the `shutdown` token given to [`Stubs::start`] is cancelled; dropping
+/// this handle does not stop them.
+#[derive(Debug)]
+pub struct Stubs {
+    /// Base URL of the worker API, e.g. `http://127.0.0.1:8080/api/v1` (what the consumer's
+    /// `WORKER_SERVICE_URL` should be).
+    pub worker_url: String,
+    /// Base URL of the blob API, e.g. `http://127.0.0.1:8081/api/v1` (what the consumer's
+    /// `BLOB_SERVICE_URL` should be).
+    pub blob_url: String,
+    /// Address the worker service is bound to.
+    pub worker_addr: SocketAddr,
+    /// Address the blob service is bound to.
+    pub blob_addr: SocketAddr,
+    faults: Faults,
+    stats: Stats,
+    store: BlobStore,
+    tracker: TaskTracker,
+}
+
+impl Stubs {
+    /// Binds both listeners, starts serving in background tasks and returns at once.
+    ///
+    /// Fails when a port cannot be bound or a configured URL cannot serve as a base.
+    pub async fn start(config: StubConfig, shutdown: CancellationToken) -> anyhow::Result<Stubs> {
+        let faults = Faults::new(&config);
+        let stats = Stats::default();
+        let store = BlobStore::new(config.blob_capacity, config.blob_max_bytes);
+        let tracker = TaskTracker::new();
+
+        let blob_listener = TcpListener::bind((config.host, config.blob_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the blob service to {}:{}",
+                    config.host, config.blob_port
+                )
+            })?;
+        let worker_listener = TcpListener::bind((config.host, config.worker_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the worker service to {}:{}",
+                    config.host, config.worker_port
+                )
+            })?;
+        let blob_addr = blob_listener
+            .local_addr()
+            .context("blob listener address")?;
+        let worker_addr = worker_listener
+            .local_addr()
+            .context("worker listener address")?;
+        let blob_url = api_base(blob_addr);
+        let worker_url = api_base(worker_addr);
+        let own_blob_base: Url = blob_url.parse().context("own blob service URL")?;
+
+        let public_base = config
+            .blob_public_url
+            .clone()
+            .unwrap_or_else(|| own_blob_base.clone());
+        if public_base.cannot_be_a_base() {
+            anyhow::bail!("blob public URL {public_base} cannot take a path");
+        }
+        let blob_service_url = config.blob_service_url.clone().unwrap_or(own_blob_base);
+        if blob_service_url.cannot_be_a_base() {
+            anyhow::bail!("blob service URL {blob_service_url} cannot take a path");
+        }
+
+        let blob_api = blob::routes(BlobService {
+            store: store.clone(),
+            stats: stats.clone(),
+            public_base,
+        });
+        let worker_api = worker::routes(WorkerService {
+            jobs: JobTable::new(config.job_capacity),
+            faults: faults.clone(),
+            stats: stats.clone(),
+            blobs: BlobClient::new(blob_service_url.clone())?,
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let observer = Observer {
+            stats: stats.clone(),
+            store: store.clone(),
+        };
+        let blob_app = app(blob_api, &faults, &observer);
+        let worker_app = app(worker_api, &faults, &observer);
+
+        tracing::info!("blob listening on http://{blob_addr} (API base {blob_url})");
+        tracing::info!(
+            "worker listening on http://{worker_addr} (API base {worker_url}, blob service {blob_service_url})"
+        );
+        tracing::info!(
+            seed = faults.seed(),
+            latency_ms = config.latency_ms,
+            error_rate = config.error_rate,
+            job_fail_rate = config.job_fail_rate,
+            running_ms = config.running_ms,
+            skip_image_work = config.skip_image_work,
+            force_job_status = config.force_job_status,
+            "fault knobs"
+        );
+
+        tracker.spawn(serve("blob", blob_listener, blob_app, shutdown.clone()));
+        tracker.spawn(serve("worker", worker_listener, worker_app, shutdown));
+
+        Ok(Stubs {
+            worker_url,
+            blob_url,
+            worker_addr,
+            blob_addr,
+            faults,
+            stats,
+            store,
+            tracker,
+        })
+    }
+
+    /// The fault knobs, adjustable while the stubs serve.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// A copy of the counters now.
+    pub fn stats(&self) -> StatsSnapshot {
+        Observer {
+            stats: self.stats.clone(),
+            store: self.store.clone(),
+        }
+        .snapshot(true)
+    }
+
+    /// The blob stored under `id` (e.g. a job id, or `{job id}.thumb` for its thumbnail) and
+    /// its content type.
+    pub fn blob(&self, id: &str) -> Option<(Bytes, String)> {
+        self.store.get(id)
+    }
+
+    /// Lowers every endpoint's `max_in_flight` to its current `in_flight`, to measure the
+    /// concurrency of what follows only.
+    pub fn reset_max_in_flight(&self) {
+        self.stats.reset_max_in_flight();
+    }
+
+    /// Waits until the shutdown token is cancelled and both servers and all job tasks have
+    /// stopped.
+    pub async fn wait(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Starts the stubs and serves until `shutdown` is cancelled.
+pub async fn run(config: StubConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let stubs = Stubs::start(config, shutdown).await?;
+    stubs.wait().await;
+    tracing::info!("stubs stopped");
+    Ok(())
+}
+
+/// `http://<addr>/api/v1`, with an unspecified bind address (0.0.0.0, ::) replaced by loopback
+/// so that the URL can be called.
+fn api_base(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}/api/v1", SocketAddr::new(ip, addr.port()))
+}
+
+/// One service's full router: its API behind fault injection and, outside that, the request
+/// tracking (so in-flight time includes injected latency); `/ping`, `/stats` and the JSON 404
+/// beside it.
+fn app(api: Router, faults: &Faults, observer: &Observer) -> Router {
+    let api = api
+        .route_layer(from_fn_with_state(faults.clone(), faults::inject))
+        .route_layer(from_fn_with_state(observer.stats.clone(), stats::track));
+    let plain = Router::new()
+        .route("/ping", get(ping))
+        .route("/stats", get(stats_json))
+        .with_state(observer.clone());
+    api.merge(plain).fallback(no_such_route)
+}
+
+async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) {
+    let outcome = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    match outcome {
+        Ok(()) => tracing::debug!(service = name, "server stopped"),
+        Err(error) => tracing::error!(service = name, %error, "server failed"),
+    }
+}
+
+/// What `/stats` reads: the counters and the blob store's sizes.
+#[derive(Clone, Debug)]
+struct Observer {
+    stats: Stats,
+    store: BlobStore,
+}
+
+impl Observer {
+    fn snapshot(&self, with_ids: bool) -> StatsSnapshot {
+        let mut snapshot = self.stats.snapshot(with_ids);
+        let figures = self.store.figures();
+        snapshot.blobs_stored = figures.blobs;
+        snapshot.blob_bytes = figures.bytes;
+        snapshot.blobs_evicted = figures.evicted;
+        snapshot
+    }
+}
+
+async fn ping() -> &'static str {
+    "pong"
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StatsQuery {
+    /// Include the per-id maps, which can be large after a benchmark.
+    #[serde(default)]
+    ids: bool,
+}
+
+/// `GET /stats[?ids=true]`: the counters as JSON, for demos and benchmarks.
+async fn stats_json(
+    State(observer): State<Observer>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Json<StatsSnapshot>, ApiError> {
+    let Query(query) = query?;
+    Ok(Json(observer.snapshot(query.ids)))
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests against a real RabbitMQ node (started by `make test`, found through
+//! `AMQP_URL`) and real HTTP servers on 127.0.0.1. Each test uses its own `AMQP_PREFIX`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod submit;
+mod submit_props;
