@@ -270,6 +270,7 @@ terminate() {
     shift
     [ "$#" -gt 0 ] || return 0
     kill -TERM "$@" 2>/dev/null || true
+    kill -CONT "$@" 2>/dev/null || true # a stopped process handles TERM only when resumed
     local i
     for ((i = 0; i < grace * 10; i++)); do
         alive "$@" || return 0

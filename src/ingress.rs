@@ -20,7 +20,7 @@ use crate::topology::Topology;
 
 /// `imagejobs-ingress`: the HTTP API that validates and publishes image jobs.
 #[derive(Parser, Clone, Debug)]
-#[command(name = "imagejobs-ingress", version, about)]
+#[command(name = "imagejobs-ingress", version, about, args_override_self = true)]
 pub struct IngressConfig {
     #[command(flatten)]
     pub broker: BrokerArgs,

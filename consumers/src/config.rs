@@ -8,7 +8,7 @@ use imagejobs::config::BrokerArgs;
 /// `imagejobs-consumer`: pulls image jobs and drives them through the blob and worker
 /// services; run as many as you like.
 #[derive(Parser, Clone, Debug)]
-#[command(name = "imagejobs-consumer", version, about)]
+#[command(name = "imagejobs-consumer", version, about, args_override_self = true)]
 pub struct ConsumerConfig {
     #[command(flatten)]
     pub broker: BrokerArgs,

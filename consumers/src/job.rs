@@ -37,21 +37,26 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
             .unwrap_or("-"),
     );
     let settled = settle(ctx, &properties, body).instrument(span).await;
-    let result = match settled {
-        Ok(()) => acker.ack(BasicAckOptions::default()).await,
+    let (result, counter) = match settled {
+        Ok(()) => (
+            acker.ack(BasicAckOptions::default()).await,
+            &ctx.stats.acked,
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "could not record the job's outcome; returning it to the queue");
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+            let nack = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            (acker.nack(nack).await, &ctx.stats.requeued)
         }
     };
-    if let Err(e) = result {
+    match result {
+        Ok(_) => {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         // The channel is gone; the broker requeues the delivery by itself.
-        tracing::debug!(error = %e, "could not settle a delivery");
+        Err(e) => tracing::debug!(error = %e, "could not settle a delivery"),
     }
 }
 

@@ -15,6 +15,7 @@ mod pipeline;
 pub mod retry;
 pub mod services;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +33,18 @@ pub use config::ConsumerConfig;
 use retry::RetryPolicy;
 use services::Services;
 
+/// Counters of one consumer process, for tests and logs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Deliveries acked after their outcome was recorded.
+    pub acked: AtomicU64,
+    /// Deliveries returned to the queue because the outcome could not be recorded.
+    pub requeued: AtomicU64,
+}
+
 /// What every job task shares.
 pub struct Context {
+    stats: Arc<Stats>,
     broker: Broker,
     services: Services,
     retry: RetryPolicy,
@@ -44,6 +55,15 @@ pub struct Context {
 /// Consumes until `shutdown`, then stops taking deliveries, lets the jobs in flight
 /// finish (up to the drain timeout) and returns.
 pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_stats(config, shutdown, Arc::default()).await
+}
+
+/// [`run`], counting into `stats`.
+pub async fn run_with_stats(
+    config: ConsumerConfig,
+    shutdown: CancellationToken,
+    stats: Arc<Stats>,
+) -> anyhow::Result<()> {
     let topology = Topology::new(&config.broker.topology);
     let mut broker_config =
         BrokerConfig::new(&config.broker.amqp_url, "imagejobs-consumer", topology);
@@ -58,6 +78,7 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow:
         usize::from(config.prefetch),
     )?;
     let ctx = Arc::new(Context {
+        stats,
         broker: broker.clone(),
         services,
         retry: RetryPolicy {

@@ -5,5 +5,7 @@
 
 mod support;
 
+mod consumer;
+mod crash;
 mod submit;
 mod submit_props;

@@ -381,3 +381,214 @@ pub fn broker_addr() -> SocketAddr {
         .parse()
         .expect("broker address is ip:port")
 }
+
+/// Stub services on port 0.
+pub async fn start_stubs(
+    f: impl FnOnce(&mut imagejobs_stubs::StubConfig),
+) -> (imagejobs_stubs::Stubs, CancellationToken) {
+    let mut config = imagejobs_stubs::StubConfig::default();
+    config.seed = Some(7);
+    f(&mut config);
+    let stop = CancellationToken::new();
+    let stubs = imagejobs_stubs::Stubs::start(config, stop.clone())
+        .await
+        .expect("stubs start");
+    (stubs, stop)
+}
+
+/// Flags of a consumer for `prefix` against `stubs`: quick retries for tests.
+pub fn consumer_args(
+    amqp_url: &str,
+    prefix: &str,
+    stubs: &imagejobs_stubs::Stubs,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "imagejobs-consumer".into(),
+        "--amqp-url".into(),
+        amqp_url.into(),
+        "--worker-service-url".into(),
+        stubs.worker_url.clone(),
+        "--blob-service-url".into(),
+        stubs.blob_url.clone(),
+        "--retry-max-attempts".into(),
+        "3".into(),
+        "--retry-base-delay-ms".into(),
+        "10".into(),
+        "--retry-max-delay-ms".into(),
+        "50".into(),
+        "--drain-timeout-secs".into(),
+        "10".into(),
+    ];
+    args.extend(topology_flags(prefix));
+    // Later flags win over the defaults above.
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// A consumer running in this process.
+pub struct TestConsumer {
+    pub stats: Arc<imagejobs_consumer::Stats>,
+    pub shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestConsumer {
+    pub fn start(args: Vec<String>) -> TestConsumer {
+        init_logs();
+        let config = imagejobs_consumer::ConsumerConfig::parse_from(args);
+        let shutdown = CancellationToken::new();
+        let stats = Arc::new(imagejobs_consumer::Stats::default());
+        let task = tokio::spawn(imagejobs_consumer::run_with_stats(
+            config,
+            shutdown.clone(),
+            stats.clone(),
+        ));
+        TestConsumer {
+            stats,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.stats.acked.load(Ordering::Relaxed)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Waits until the ingress's index shows `id` (of tenant 1 unless told) in a terminal
+/// status, and returns the job JSON.
+pub async fn wait_terminal(
+    ing: &TestIngress,
+    id: &str,
+    tenant: i64,
+    deadline: Duration,
+) -> serde_json::Value {
+    eventually(deadline, &format!("job {id} to end"), || async {
+        let r = ing.get_job(id, tenant).await;
+        if r.status() != 200 {
+            return None;
+        }
+        let v: serde_json::Value = r.json().await.ok()?;
+        matches!(v["status"].as_str(), Some("SUCCESS" | "FAILED")).then_some(v)
+    })
+    .await
+}
+
+/// Submits `image` for tenant 1 and returns the job id.
+pub async fn submit_id(ing: &TestIngress, image: &[u8]) -> String {
+    let resp = ing.submit_raw(image).await;
+    assert_eq!(resp.status(), 202, "submit accepted");
+    let v: serde_json::Value = resp.json().await.expect("json");
+    v["id"].as_str().expect("id").to_owned()
+}
+
+/// Every status event of the stream so far: reads from the first offset until a marker
+/// of our own comes back.
+pub async fn all_events(prefix: &str) -> Vec<imagejobs::job::StatusEvent> {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+    use lapin::types::{AMQPValue, LongString};
+    let (conn, ch) = raw_channel().await;
+    let topo = topology(prefix, &[]);
+    ch.basic_qos(1000, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString(LongString::from("first")),
+    );
+    let mut consumer = ch
+        .basic_consume(
+            topo.events_stream().as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: false,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .expect("consume stream");
+    let marker = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({"job_id": marker, "tenant_id": 0, "client_id": 0, "status": "MARKER", "attempt": 0, "at": imagejobs::job::now_rfc3339()});
+    ch.basic_publish(
+        topo.events_exchange().as_str().into(),
+        "".into(),
+        BasicPublishOptions::default(),
+        &serde_json::to_vec(&body).expect("json"),
+        lapin::BasicProperties::default(),
+    )
+    .await
+    .expect("publish marker");
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(Ok(d)) = consumer.next().await {
+            let _ = d
+                .acker
+                .ack(lapin::options::BasicAckOptions::default())
+                .await;
+            if let Ok(ev) = serde_json::from_slice::<imagejobs::job::StatusEvent>(&d.data) {
+                if ev.job_id.to_string() == marker {
+                    break;
+                }
+                out.push(ev);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("read the events stream to the marker");
+    let _ = conn.close(200, "bye".into()).await;
+    out
+}
+
+/// The events of one job, in stream order, as status names.
+pub async fn statuses_of(prefix: &str, id: &str) -> Vec<String> {
+    all_events(prefix)
+        .await
+        .into_iter()
+        .filter(|e| e.job_id.to_string() == id)
+        .map(|e| e.status)
+        .collect()
+}
+
+/// A consumer as a child process of the built binary (to kill it for real).
+pub struct ChildConsumer {
+    pub child: tokio::process::Child,
+}
+
+impl ChildConsumer {
+    pub fn start(args: Vec<String>) -> ChildConsumer {
+        let exe = std::env::current_exe().expect("test exe");
+        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+        let bin = dir.join("imagejobs-consumer");
+        assert!(
+            bin.exists(),
+            "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+            bin.display()
+        );
+        let child = tokio::process::Command::new(bin)
+            .args(&args[1..])
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("consumer starts");
+        ChildConsumer { child }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(ok.success());
+    }
+}

@@ -1,0 +1,516 @@
+//! Consumers: the flow of DESIGN §5 against real stubs and a real broker.
+
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::BasicProperties;
+
+use crate::support::*;
+use imagejobs::job::Md5;
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn happy_path_stores_the_image_and_a_smaller_thumbnail() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|_| {}).await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
+    let img = png(300, 200);
+    let id = submit_id(&ing, &img).await;
+    let job = wait_terminal(&ing, &id, 1, T).await;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["content_type"], "image/png");
+    assert_eq!(job["payload_size"], img.len());
+
+    let (stored, ct) = stubs.blob(&id).expect("blob stored under the job id");
+    assert_eq!(&stored[..], &img[..], "blob holds the exact bytes");
+    assert_eq!(ct, "image/png");
+    let thumb_loc = job["payload_location"]
+        .as_str()
+        .expect("SUCCESS carries a location");
+    let thumb = reqwest::get(thumb_loc)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let decoded = image::load_from_memory(&thumb).expect("thumbnail decodes");
+    assert!(
+        decoded.width() < 300 && decoded.height() < 200,
+        "thumbnail is smaller"
+    );
+
+    let statuses = statuses_of(&p, &id).await;
+    assert!(
+        statuses.contains(&"RUNNING".to_owned()) && statuses.ends_with(&["SUCCESS".to_owned()]),
+        "{statuses:?}"
+    );
+    let events = all_events(&p).await;
+    let success = events
+        .iter()
+        .find(|e| e.job_id.to_string() == id && e.status == "SUCCESS")
+        .unwrap();
+    assert_eq!(success.payload_location.as_deref(), Some(thumb_loc));
+
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
+
+#[tokio::test]
+async fn bursts_of_503_are_retried_in_process() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|c| c.error_rate = 0.5).await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let consumer = TestConsumer::start(consumer_args(
+        &amqp_url(),
+        &p,
+        &stubs,
+        &["--retry-max-attempts", "12"],
+    ));
+    let mut ids = vec![];
+    for _ in 0..5 {
+        ids.push(submit_id(&ing, &png(20, 20)).await);
+    }
+    for id in &ids {
+        let job = wait_terminal(&ing, id, 1, T).await;
+        assert_eq!(job["status"], "SUCCESS", "{job}");
+        assert_eq!(job["attempts"], 1, "no delayed retry was needed: {job}");
+    }
+    let s = stubs.stats();
+    let total: u64 = s.endpoints.values().map(|e| e.requests).sum();
+    assert!(
+        total > 10,
+        "503s were answered and retried ({total} requests for 5 jobs)"
+    );
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
+
+#[tokio::test]
+async fn a_long_outage_goes_through_a_delay_queue_and_recovers() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|c| c.error_rate = 1.0).await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let consumer = TestConsumer::start(consumer_args(
+        &amqp_url(),
+        &p,
+        &stubs,
+        &["--retry-max-attempts", "2"],
+    ));
+    let id = submit_id(&ing, &png(20, 20)).await;
+    eventually(T, "RETRYING", || async {
+        let v: serde_json::Value = ing.get_job(&id, 1).await.json().await.ok()?;
+        (v["status"] == "RETRYING").then_some(())
+    })
+    .await;
+    stubs.faults().set_error_rate(0.0);
+    let job = wait_terminal(&ing, &id, 1, T).await;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert!(job["attempts"].as_u64().unwrap() >= 2, "{job}");
+    let events = all_events(&p).await;
+    let retrying = events
+        .iter()
+        .find(|e| e.job_id.to_string() == id && e.status == "RETRYING")
+        .unwrap();
+    assert!(retrying.error.is_some() && retrying.next_attempt_at.is_some());
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
+
+#[tokio::test]
+async fn permanent_4xx_fails_at_once_into_the_dead_queue() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|c| c.force_job_status = Some(422)).await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
+    let id = submit_id(&ing, &png(20, 20)).await;
+    let job = wait_terminal(&ing, &id, 1, T).await;
+    assert_eq!(job["status"], "FAILED");
+    assert_eq!(job["attempts"], 1);
+    assert!(job["error"].as_str().unwrap().contains("422"), "{job}");
+    assert_eq!(
+        stubs.stats().job_posts_for(&id),
+        1,
+        "no retries of a permanent error"
+    );
+    let (_c, ch) = raw_channel().await;
+    let dead = get_one(&ch, &topology(&p, &[]).dead_queue(), T).await;
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    assert!(imagejobs::job::header_string(&headers, "x-error")
+        .unwrap()
+        .contains("422"));
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
+
+#[tokio::test]
+async fn exhausted_delays_end_failed_in_the_dead_queue() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|c| c.error_rate = 1.0).await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let consumer = TestConsumer::start(consumer_args(
+        &amqp_url(),
+        &p,
+        &stubs,
+        &["--retry-max-attempts", "1"],
+    ));
+    let img = png(20, 20);
+    let id = submit_id(&ing, &img).await;
+    let job = wait_terminal(&ing, &id, 1, T).await;
+    assert_eq!(job["status"], "FAILED", "{job}");
+    assert_eq!(
+        job["attempts"], 3,
+        "two delays (1 s, 2 s), then give up: {job}"
+    );
+    let (_c, ch) = raw_channel().await;
+    let dead = get_one(&ch, &topology(&p, &[]).dead_queue(), T).await;
+    assert_eq!(dead.delivery.data, img, "the dead message keeps the image");
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    let why = imagejobs::job::header_string(&headers, "x-error").unwrap();
+    assert!(why.contains("gave up after 3 attempts"), "{why}");
+    let statuses = statuses_of(&p, &id).await;
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "RETRYING").count(),
+        2,
+        "{statuses:?}"
+    );
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
+
+#[tokio::test]
+async fn a_worker_failure_is_a_result_not_a_dead_letter() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|c| c.job_fail_rate = 1.0).await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
+    let id = submit_id(&ing, &png(20, 20)).await;
+    let job = wait_terminal(&ing, &id, 1, T).await;
+    assert_eq!(job["status"], "FAILED");
+    assert_eq!(job["attempts"], 1);
+    eventually(T, "the delivery acked", || async {
+        (consumer.acked() == 1).then_some(())
+    })
+    .await;
+    let (_c, ch) = raw_channel().await;
+    let topo = topology(&p, &[]);
+    assert_eq!(queue_len(&ch, &topo.dead_queue()).await, 0);
+    assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0);
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
+
+fn job_props(id: Option<&str>, tenant: Option<AMQPValue>, md5: Option<&str>) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(t) = tenant {
+        headers.insert("tenant_id".into(), t);
+    }
+    headers.insert("client_id".into(), AMQPValue::LongLongInt(3));
+    if let Some(m) = md5 {
+        headers.insert("md5".into(), AMQPValue::LongString(LongString::from(m)));
+    }
+    let mut props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(id) = id {
+        props = props.with_message_id(id.into());
+    }
+    props
+}
+
+#[tokio::test]
+async fn invalid_messages_go_to_the_dead_queue_with_a_reason() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|_| {}).await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
+    let (_c, ch) = raw_channel().await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    let topo = topology(&p, &[]);
+    let img = png(10, 10);
+    let ids: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let cases: Vec<(BasicProperties, Vec<u8>, &str)> = vec![
+        (
+            job_props(None, Some(AMQPValue::LongLongInt(5)), None),
+            img.clone(),
+            "message_id",
+        ),
+        (
+            job_props(Some("not-a-uuid"), Some(AMQPValue::LongLongInt(5)), None),
+            img.clone(),
+            "UUID",
+        ),
+        (
+            job_props(Some(&ids[0]), None, None),
+            img.clone(),
+            "tenant_id is missing",
+        ),
+        (
+            job_props(
+                Some(&ids[1]),
+                Some(AMQPValue::LongString("five".into())),
+                None,
+            ),
+            img.clone(),
+            "not an integer",
+        ),
+        (
+            job_props(
+                Some(&ids[2]),
+                Some(AMQPValue::LongLongInt(5)),
+                Some(&Md5::of(b"x").to_string()),
+            ),
+            img.clone(),
+            "md5 mismatch",
+        ),
+        (
+            job_props(Some(&ids[3]), Some(AMQPValue::LongLongInt(5)), None),
+            b"just some text".to_vec(),
+            "not an image",
+        ),
+        (
+            job_props(
+                Some(&uuid::Uuid::new_v4().to_string()),
+                Some(AMQPValue::LongLongInt(5)),
+                None,
+            ),
+            vec![],
+            "empty",
+        ),
+    ];
+    for (props, body, _) in &cases {
+        ch.basic_publish(
+            topo.jobs_exchange().as_str().into(),
+            "submit".into(),
+            BasicPublishOptions::default(),
+            body,
+            props.clone(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let mut reasons = vec![];
+    for _ in &cases {
+        let m = get_one(&ch, &topo.dead_queue(), T).await;
+        let headers = m.delivery.properties.headers().clone().unwrap();
+        reasons.push(imagejobs::job::header_string(&headers, "x-error").unwrap());
+    }
+    for (_, _, want) in &cases {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "no dead letter says {want:?}: {reasons:?}"
+        );
+    }
+    // A job id and a tenant exist for the MD5, image and empty-body cases: FAILED events.
+    for id in &ids[2..4] {
+        let job = wait_terminal(&ing, id, 5, T).await;
+        assert_eq!(job["status"], "FAILED");
+    }
+    assert_eq!(
+        queue_len(&ch, &topo.work_queue()).await,
+        0,
+        "nothing requeued in a loop"
+    );
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
+
+#[tokio::test]
+async fn a_direct_publish_is_processed_like_an_http_submit() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|_| {}).await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
+    let (_c, ch) = raw_channel().await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    let topo = topology(&p, &[]);
+    let img = png(64, 64);
+    let id = uuid::Uuid::new_v4().to_string();
+    let props = job_props(
+        Some(&id),
+        Some(AMQPValue::LongLongInt(77)),
+        Some(&Md5::of(&img).to_string()),
+    )
+    .with_content_type("image/png".into());
+    ch.basic_publish(
+        topo.jobs_exchange().as_str().into(),
+        "submit".into(),
+        BasicPublishOptions::default(),
+        &img,
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let job = wait_terminal(&ing, &id, 77, T).await;
+    assert_eq!(job["status"], "SUCCESS");
+    assert_eq!(job["tenant_id"], 77);
+    assert_eq!(job["md5"], Md5::of(&img).to_string());
+    assert_eq!(
+        ing.get_job(&id, 1).await.status(),
+        404,
+        "another tenant sees nothing"
+    );
+
+    // A publisher that stored the image itself sends an empty body and a location.
+    let stored = format!("{}/blob/pre-{id}", stubs.blob_url);
+    reqwest::Client::new()
+        .put(&stored)
+        .header("content-type", "image/png")
+        .body(img.clone())
+        .send()
+        .await
+        .unwrap();
+    let id2 = uuid::Uuid::new_v4().to_string();
+    let mut props = job_props(Some(&id2), Some(AMQPValue::LongLongInt(77)), None);
+    let mut headers = props.headers().clone().unwrap();
+    headers.insert(
+        "payload_location".into(),
+        AMQPValue::LongString(LongString::from(stored.as_str())),
+    );
+    props = props.with_headers(headers);
+    ch.basic_publish(
+        topo.jobs_exchange().as_str().into(),
+        "submit".into(),
+        BasicPublishOptions::default(),
+        &[],
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let job = wait_terminal(&ing, &id2, 77, T).await;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(
+        stubs.stats().blob_puts_for(&id2),
+        0,
+        "no upload when the payload is stored"
+    );
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
+
+#[tokio::test]
+async fn prefetch_bounds_the_calls_in_flight() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|c| {
+        c.latency_ms = 150;
+        c.skip_image_work = true;
+    })
+    .await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let img = png(10, 10);
+    let mut ids = vec![];
+    for _ in 0..16 {
+        ids.push(submit_id(&ing, &img).await);
+    }
+    let consumer =
+        TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &["--prefetch", "4"]));
+    for id in &ids {
+        assert_eq!(wait_terminal(&ing, id, 1, T).await["status"], "SUCCESS");
+    }
+    let s = stubs.stats();
+    let max = s.endpoints.values().map(|e| e.max_in_flight).sum::<u64>();
+    let max_one = s
+        .endpoints
+        .values()
+        .map(|e| e.max_in_flight)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        max_one > 1,
+        "jobs are processed concurrently (max in flight {max_one})"
+    );
+    assert!(
+        max <= 4 * 2,
+        "at most PREFETCH jobs in flight: {:?}",
+        s.endpoints
+    );
+    assert!(
+        max_one <= 4,
+        "at most PREFETCH calls in flight at one endpoint: {:?}",
+        s.endpoints
+    );
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
+
+#[tokio::test]
+async fn two_consumers_share_the_queue() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|c| {
+        c.latency_ms = 30;
+        c.skip_image_work = true;
+    })
+    .await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let img = png(10, 10);
+    let mut ids = vec![];
+    for _ in 0..20 {
+        ids.push(submit_id(&ing, &img).await);
+    }
+    let a = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &["--prefetch", "2"]));
+    let b = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &["--prefetch", "2"]));
+    for id in &ids {
+        assert_eq!(wait_terminal(&ing, id, 1, T).await["status"], "SUCCESS");
+    }
+    eventually(T, "all acked", || async {
+        (a.acked() + b.acked() == 20).then_some(())
+    })
+    .await;
+    assert!(
+        a.acked() > 0 && b.acked() > 0,
+        "both took jobs: {} and {}",
+        a.acked(),
+        b.acked()
+    );
+    a.stop().await;
+    b.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
+
+#[tokio::test]
+async fn a_consumer_reconnects_after_losing_the_broker() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|_| {}).await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let proxy = Proxy::start(broker_addr()).await;
+    let consumer = TestConsumer::start(consumer_args(&proxy.amqp_url(), &p, &stubs, &[]));
+    let id = submit_id(&ing, &png(10, 10)).await;
+    assert_eq!(wait_terminal(&ing, &id, 1, T).await["status"], "SUCCESS");
+    proxy.cut();
+    let id = submit_id(&ing, &png(10, 10)).await;
+    proxy.restore();
+    assert_eq!(wait_terminal(&ing, &id, 1, T).await["status"], "SUCCESS");
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
