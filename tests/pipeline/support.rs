@@ -386,8 +386,10 @@ pub fn broker_addr() -> SocketAddr {
 pub async fn start_stubs(
     f: impl FnOnce(&mut imagejobs_stubs::StubConfig),
 ) -> (imagejobs_stubs::Stubs, CancellationToken) {
-    let mut config = imagejobs_stubs::StubConfig::default();
-    config.seed = Some(7);
+    let mut config = imagejobs_stubs::StubConfig {
+        seed: Some(7),
+        ..Default::default()
+    };
     f(&mut config);
     let stop = CancellationToken::new();
     let stubs = imagejobs_stubs::Stubs::start(config, stop.clone())
