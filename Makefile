@@ -8,7 +8,7 @@ NODE  := ./rabbitmq/node.sh
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint build broker-start broker-stop broker-status broker-reset definitions bench
+.PHONY: help run test lint build broker-start broker-stop broker-status broker-reset definitions bench bench-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -42,3 +42,9 @@ definitions: ## regenerate rabbitmq/definitions.json from the code's topology
 	$(CARGO) run -q --bin imagejobs -- definitions --amqp-prefix imagejobs --retry-delays 5,30,300 \
 	  --queue-max-length 1000000 --queue-delivery-limit 10 --events-max-age 7D \
 	  --events-max-bytes 5000000000 > rabbitmq/definitions.json
+
+bench: ## benchmarks against the raw broker, in one run (writes the table to stdout)
+	@./scripts/bench.sh
+
+bench-smoke: ## a tiny run of the benchmark tool, to check that it works
+	@./scripts/bench.sh --smoke

@@ -318,26 +318,16 @@ reserved() {
     return 1
 }
 
-# The ports a start would use now, without checking that they are free.
+# Sets AMQP_PORT, MANAGEMENT_PORT and DIST_PORT: those of the running node if it runs,
+# else those a start would pick now (see choose_ports).
 planned_ports() {
-    if [ -n "${RABBITMQ_PORT:-}" ]; then
-        valid_port "$RABBITMQ_PORT" || die "RABBITMQ_PORT=$RABBITMQ_PORT is not a port number in 1024-65535"
-        AMQP_PORT=$RABBITMQ_PORT
-        MANAGEMENT_PORT=${RABBITMQ_MANAGEMENT_PORT:-$(shifted "$AMQP_PORT" "$MANAGEMENT_OFFSET")}
-        DIST_PORT=${RABBITMQ_DIST_PORT:-$(shifted "$AMQP_PORT" "$DIST_OFFSET")}
-        valid_port "$MANAGEMENT_PORT" || die "bad management port $MANAGEMENT_PORT"
-        valid_port "$DIST_PORT" || die "bad distribution port $DIST_PORT"
-        return 0
-    fi
     local a m d
-    if [ -s "$PORTS_FILE" ] && read -r a m d <"$PORTS_FILE" && valid_port "$a" && valid_port "$m" && valid_port "$d"; then
+    if [ -s "$PORTS_FILE" ] && read -r a m d <"$PORTS_FILE" &&
+        valid_port "$a" && valid_port "$m" && valid_port "$d" && registered; then
         AMQP_PORT=$a MANAGEMENT_PORT=$m DIST_PORT=$d
         return 0
     fi
-    AMQP_PORT=$((PORT_BASE + PATH_HASH % PORT_SPAN))
-    MANAGEMENT_PORT=$((AMQP_PORT + MANAGEMENT_OFFSET))
-    DIST_PORT=$((AMQP_PORT + DIST_OFFSET))
-    return 0
+    choose_ports lenient
 }
 
 # $1 + $2, or $1 - $2 where the sum is not a port.
@@ -353,19 +343,28 @@ ports_free() {
     return 0
 }
 
-# Picks the ports for a start: the fixed ones, else the ones of the last start if still
-# free, else the first free triple from the hash of the checkout's path.
+# Picks the ports for a start: with RABBITMQ_PORT, that one (and the management and
+# distribution ports derived from it unless set too); else the first triple, from the
+# hash of the checkout's path on, that is free and avoids the reserved ports. The same
+# checkout thus gets the same ports every time unless another program took them.
+# With `strict` (start), ports that are taken are an error; else they are just reported.
 choose_ports() {
-    planned_ports
+    local mode=${1:-strict}
     if [ -n "${RABBITMQ_PORT:-}" ]; then
+        valid_port "$RABBITMQ_PORT" || die "RABBITMQ_PORT=$RABBITMQ_PORT is not a port number in 1024-65535"
+        AMQP_PORT=$RABBITMQ_PORT
+        MANAGEMENT_PORT=${RABBITMQ_MANAGEMENT_PORT:-$(shifted "$AMQP_PORT" "$MANAGEMENT_OFFSET")}
+        DIST_PORT=${RABBITMQ_DIST_PORT:-$(shifted "$AMQP_PORT" "$DIST_OFFSET")}
+        valid_port "$MANAGEMENT_PORT" || die "bad management port $MANAGEMENT_PORT"
+        valid_port "$DIST_PORT" || die "bad distribution port $DIST_PORT"
+        [ "$mode" = strict ] || return 0
         local p
         for p in "$AMQP_PORT" "$MANAGEMENT_PORT" "$DIST_PORT"; do
-            port_taken "$p" && die "port $p is already in use by another program (RABBITMQ_PORT=$RABBITMQ_PORT;
+            port_taken "$p" && die "port $p is already in use by another program (RABBITMQ_PORT=$RABBITMQ_PORT:
 rabbitmq: AMQP $AMQP_PORT, management $MANAGEMENT_PORT, distribution $DIST_PORT)"
         done
         return 0
     fi
-    ports_free && ! reserved "$MANAGEMENT_PORT" && return 0
     local i a
     for ((i = 0; i < 200; i++)); do
         a=$((PORT_BASE + (PATH_HASH + i) % PORT_SPAN))
@@ -373,6 +372,7 @@ rabbitmq: AMQP $AMQP_PORT, management $MANAGEMENT_PORT, distribution $DIST_PORT)
         reserved "$AMQP_PORT" || reserved "$MANAGEMENT_PORT" || reserved "$DIST_PORT" && continue
         ports_free && return 0
     done
+    [ "$mode" = strict ] || return 0
     die "no free ports found in $PORT_BASE-$((PORT_BASE + PORT_SPAN - 1)) (+$MANAGEMENT_OFFSET, +$DIST_OFFSET); set RABBITMQ_PORT"
 }
 
@@ -460,23 +460,33 @@ print_running() {
 }
 
 show_log_tail() {
-    local f
-    for f in "$STARTUP_LOG" "$LOG_DIR/$NODE.log"; do
-        [ -s "$f" ] || continue
-        warn "---- last lines of $f ----"
-        tail -n 40 "$f" >&2
-    done
+    local run
+    if [ -s "$STARTUP_LOG" ]; then
+        # This start's part of the startup log: its first errors name the cause, its end
+        # how the node went down.
+        run=$(awk '/^==== .*: starting / { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }' "$STARTUP_LOG")
+        if grep -q '\[error\]' <<<"$run"; then
+            warn "---- first errors in $STARTUP_LOG ----"
+            grep -m 12 '\[error\]' <<<"$run" >&2 || true
+        fi
+        warn "---- last lines of $STARTUP_LOG ----"
+        tail -n 25 <<<"$run" >&2
+    fi
+    if [ -s "$LOG_DIR/$NODE.log" ]; then
+        warn "---- last lines of $LOG_DIR/$NODE.log ----"
+        tail -n 25 "$LOG_DIR/$NODE.log" >&2
+    fi
 }
 
 # --- commands ---------------------------------------------------------------------------
 
 cmd_start() {
-    cmd_install >/dev/null
+    [ -x "$SERVER" ] || cmd_install
     check_version
     lock
     if answers; then
         local wanted=${RABBITMQ_PORT:-}
-        RABBITMQ_PORT='' planned_ports
+        planned_ports
         write_env_file
         print_running
         if [ -n "$wanted" ] && [ "$wanted" != "$AMQP_PORT" ]; then
@@ -528,7 +538,7 @@ cmd_start() {
         sleep 0.2
     done
     local left=$((deadline - SECONDS))
-    [ "$left" -ge 5 ] || left=5
+    [ "$left" -ge 1 ] || left=1
     ctl -q await_startup -t "$left" >/dev/null 2>&1 ||
         start_failed "the broker did not finish booting within ${START_TIMEOUT}s"
     print_running
@@ -544,24 +554,31 @@ start_failed() {
 
 # Stops our node: politely with rabbitmqctl, then by signals for what is left.
 stop_node() {
+    local asked=
     if answers; then
         say "stopping node $NODE"
-        ctl -q stop >/dev/null 2>&1 || warn "rabbitmqctl stop failed; signalling the node instead"
+        if ctl -q stop >/dev/null 2>&1; then
+            asked=1
+        else
+            warn "rabbitmqctl stop failed; signalling the node instead"
+        fi
     fi
     local -a pids
     mapfile -t pids < <(our_pids)
-    if [ "${#pids[@]}" -gt 0 ]; then
-        # A node that accepted `stop` exits on its own within seconds; TERM makes
-        # rabbitmq-server (and the beam) shut down cleanly, KILL comes last.
+    [ "${#pids[@]}" -gt 0 ] || return 0
+    if [ -n "$asked" ]; then
+        # A node that accepted `stop` exits on its own within seconds.
         local i
         for ((i = 0; i < 300; i++)); do
             alive "${pids[@]}" || break
             sleep 0.1
         done
         mapfile -t pids < <(our_pids)
-        terminate 20 "${pids[@]}"
+    else
+        warn "node processes ${pids[*]} do not answer; stopping them by signal"
     fi
-    rm -f "$PID_FILE" "$LAUNCHER_PID_FILE"
+    # TERM makes rabbitmq-server (and the beam) shut down cleanly; KILL comes last.
+    terminate 20 "${pids[@]}"
 }
 
 cmd_stop() {
@@ -571,6 +588,7 @@ cmd_stop() {
     fi
     lock
     stop_node
+    rm -f "$PID_FILE" "$LAUNCHER_PID_FILE"
     say "node $NODE is stopped"
 }
 

@@ -1,13 +1,17 @@
 //! The `imagejobs` command-line client: dev tokens, submitting files, job status, and the
 //! dead-letter queue.
 
+mod dead;
+mod submit;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{self, Caller};
-use crate::config::{Secret, TopologyArgs};
+use crate::config::{BrokerArgs, Secret, TopologyArgs};
 use crate::job::{ClientId, TenantId};
 use crate::topology::Topology;
 
@@ -26,6 +30,22 @@ pub struct Cli {
 pub enum Command {
     /// Mint a development JWT signed with JWT_SECRET.
     Token(TokenArgs),
+    /// Submit image files (concurrently, with a progress bar) and print their job ids.
+    Submit(submit::SubmitArgs),
+    /// Show one job as the ingress knows it.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The job id printed by `submit`.
+        id: String,
+    },
+    /// Look into and replay the dead-letter queue.
+    Dead {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(subcommand)]
+        command: dead::DeadCommand,
+    },
     /// Print the RabbitMQ definitions (exchanges, queues, bindings) for the settings given.
     Definitions {
         #[command(flatten)]
@@ -51,6 +71,48 @@ pub struct TokenArgs {
     pub ttl: u64,
 }
 
+/// Where the ingress is and who we are to it.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Base URL of the ingress.
+    #[arg(long, env = "IMAGEJOBS_URL", default_value = "http://127.0.0.1:9000")]
+    pub url: String,
+    /// Bearer token; when unset, one is minted from JWT_SECRET for --tenant/--client.
+    #[arg(long, env = "IMAGEJOBS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    #[arg(long, default_value_t = 1)]
+    pub tenant: i64,
+    #[arg(long, default_value_t = 1)]
+    pub client: i64,
+}
+
+impl ApiArgs {
+    fn bearer(&self) -> anyhow::Result<String> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        let secret = self.jwt_secret.as_ref().context(
+            "no token: pass --token (or IMAGEJOBS_TOKEN), or set JWT_SECRET to mint one",
+        )?;
+        let caller = Caller {
+            tenant_id: TenantId(self.tenant),
+            client_id: ClientId(self.client),
+        };
+        Ok(auth::mint(
+            secret,
+            caller,
+            None,
+            Some(Duration::from_secs(3600)),
+        )?)
+    }
+
+    fn base(&self) -> &str {
+        self.url.trim_end_matches('/')
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Token(t) => {
@@ -63,11 +125,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{}",
                 auth::mint(&t.secret, caller, t.audience.as_deref(), ttl)?
             );
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Submit(args) => submit::run(args).await,
+        Command::Status { api, id } => {
+            let http = reqwest::Client::new();
+            let resp = http
+                .get(format!("{}/api/v1/job/{id}", api.base()))
+                .bearer_auth(api.bearer()?)
+                .send()
+                .await
+                .with_context(|| format!("reaching the ingress at {}", api.url))?;
+            let ok = resp.status().is_success();
+            let body: serde_json::Value = resp.json().await.context("reading the answer")?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Dead { broker, command } => dead::run(broker, command).await,
         Command::Definitions { topology } => {
             let json = Topology::new(&topology).definitions_json();
             println!("{}", serde_json::to_string_pretty(&json)?);
+            Ok(ExitCode::SUCCESS)
         }
     }
-    Ok(ExitCode::SUCCESS)
 }

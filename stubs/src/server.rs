@@ -210,7 +210,69 @@ fn app(api: Router, faults: &Faults, observer: &Observer) -> Router {
         .route("/ping", get(ping))
         .route("/stats", get(stats_json))
         .with_state(observer.clone());
-    api.merge(plain).fallback(no_such_route)
+    let knobs = Router::new()
+        .route("/faults", get(faults_json).put(set_faults))
+        .with_state(faults.clone());
+    api.merge(plain).merge(knobs).fallback(no_such_route)
+}
+
+/// The fault knobs as they stand, for `GET /faults`.
+#[derive(Debug, serde::Serialize, Deserialize, Default)]
+struct FaultsBody {
+    latency_ms: Option<u64>,
+    error_rate: Option<f64>,
+    job_fail_rate: Option<f64>,
+    running_ms: Option<u64>,
+    skip_image_work: Option<bool>,
+    /// 0 clears a forced status.
+    force_job_status: Option<u16>,
+}
+
+fn current_faults(f: &Faults) -> FaultsBody {
+    FaultsBody {
+        latency_ms: Some(f.latency().as_millis() as u64),
+        error_rate: Some(f.error_rate()),
+        job_fail_rate: Some(f.job_fail_rate()),
+        running_ms: Some(f.running().as_millis() as u64),
+        skip_image_work: Some(f.skip_image_work()),
+        force_job_status: Some(f.forced_status().unwrap_or(0)),
+    }
+}
+
+async fn faults_json(State(f): State<Faults>) -> Json<FaultsBody> {
+    Json(current_faults(&f))
+}
+
+/// `PUT /faults` with any of the knobs, to stage failures in a running demo, e.g.
+/// `curl -X PUT localhost:8080/faults -d '{"error_rate": 1}'`.
+async fn set_faults(State(f): State<Faults>, body: Bytes) -> Result<Json<FaultsBody>, ApiError> {
+    let req: FaultsBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid JSON body",
+            e.to_string(),
+        )
+    })?;
+    if let Some(v) = req.latency_ms {
+        f.set_latency(std::time::Duration::from_millis(v));
+    }
+    if let Some(v) = req.error_rate {
+        f.set_error_rate(v);
+    }
+    if let Some(v) = req.job_fail_rate {
+        f.set_job_fail_rate(v);
+    }
+    if let Some(v) = req.running_ms {
+        f.set_running(std::time::Duration::from_millis(v));
+    }
+    if let Some(v) = req.skip_image_work {
+        f.set_skip_image_work(v);
+    }
+    if let Some(v) = req.force_job_status {
+        f.set_forced_status((v != 0).then_some(v));
+    }
+    tracing::info!(faults = ?current_faults(&f), "fault knobs changed");
+    Ok(Json(current_faults(&f)))
 }
 
 async fn serve(

@@ -5,7 +5,9 @@
 
 mod support;
 
+mod cli;
 mod consumer;
 mod crash;
+mod index;
 mod submit;
 mod submit_props;

@@ -1,0 +1,101 @@
+//! Test images: real PNGs of random pixels, so that they neither compress to nothing on
+//! the wire nor fail to decode when the stubs do the real image work.
+
+use std::io::Cursor;
+
+use anyhow::Context;
+use bytes::Bytes;
+use image::{ImageFormat, RgbImage};
+use rand::RngCore;
+
+use imagejobs::job::Md5;
+
+/// One image size of the benchmark, with its label for the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size {
+    pub label: &'static str,
+    /// Wanted size in bytes; the PNG comes within a few per cent of it.
+    pub bytes: usize,
+}
+
+impl Size {
+    pub const fn new(label: &'static str, bytes: usize) -> Self {
+        Size { label, bytes }
+    }
+}
+
+/// An encoded image and what a client would send along with it.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub size: Size,
+    pub png: Bytes,
+    pub md5: Md5,
+}
+
+impl Image {
+    /// A PNG of random RGB pixels of about `size.bytes` (random pixels do not compress,
+    /// so the file is the pixels plus a little framing).
+    pub fn generate(size: Size) -> anyhow::Result<Image> {
+        let pixels = (size.bytes.saturating_sub(200) / 3).max(1);
+        let width = (pixels as f64).sqrt().floor().max(1.0) as u32;
+        let height = (pixels as u32 / width).max(1);
+        let mut raw = vec![0u8; (width * height * 3) as usize];
+        rand::rng().fill_bytes(&mut raw);
+        let img = RgbImage::from_raw(width, height, raw).context("pixel buffer size")?;
+        let mut out = Cursor::new(Vec::with_capacity(size.bytes + 4096));
+        img.write_to(&mut out, ImageFormat::Png)
+            .context("encoding a PNG")?;
+        let png = Bytes::from(out.into_inner());
+        anyhow::ensure!(
+            imagejobs::sniff::image_mime(&png) == Some("image/png"),
+            "the generated image does not sniff as PNG"
+        );
+        let md5 = Md5::of(&png);
+        Ok(Image { size, png, md5 })
+    }
+
+    /// The seed's JSON submit body: `{"encoding": "base64", "md5", "content"}`.
+    pub fn json_body(&self) -> Bytes {
+        use base64::Engine;
+        let content = base64::engine::general_purpose::STANDARD.encode(&self.png);
+        let body = serde_json::json!({
+            "encoding": "base64",
+            "md5": self.md5.to_string(),
+            "content": content,
+        });
+        Bytes::from(body.to_string())
+    }
+}
+
+/// Human-readable byte count (KiB/MiB), for labels and notes.
+pub fn human_bytes(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b >= KIB * KIB * KIB {
+        format!("{:.2} GiB", b / (KIB * KIB * KIB))
+    } else if b >= KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else if b >= KIB {
+        format!("{:.0} KiB", b / KIB)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_come_close_to_their_size_and_decode() {
+        for bytes in [1024, 148_480] {
+            let img = Image::generate(Size::new("x", bytes)).expect("generates");
+            let len = img.png.len() as f64;
+            assert!(
+                (len / bytes as f64 - 1.0).abs() < 0.1,
+                "{len} bytes for a wanted {bytes}"
+            );
+            image::load_from_memory(&img.png).expect("decodes");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! What one run measures and how much of it: the full benchmark, or the smoke run.
+//!
+//! Counts are sized from the rate a scenario is expected to reach so that each measured
+//! run lasts a few seconds: long enough to be steady, short enough that `make bench`
+//! stays within ten minutes on two cores.
+
+use std::time::Duration;
+
+use crate::image::Size;
+
+/// One consumer configuration of the grid.
+#[derive(Clone, Copy, Debug)]
+pub struct ConsumerRun {
+    pub processes: usize,
+    pub prefetch: u16,
+    /// Latency the stubs add to each request (a job makes two: blob PUT, worker POST).
+    pub stub_latency: Duration,
+    /// Whether the stubs do the real image work (fetch, decode, thumbnail, store).
+    pub image_work: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Small, reference and large image; targets are checked at the reference size.
+    pub sizes: [Size; 3],
+    /// Seconds a measured run should last.
+    pub run_secs: f64,
+    /// Bounds of the message count of one measured run.
+    pub min_count: usize,
+    pub max_count: usize,
+    /// Confirm channels and publishes in flight on each, for the raw ceiling and for
+    /// pre-filling queues.
+    pub publish_channels: usize,
+    pub publish_window_bytes: usize,
+    /// Consumers (channels) and prefetch of the raw consume ceiling.
+    pub ceiling_consumers: usize,
+    pub ceiling_prefetch: u16,
+    /// Concurrent HTTP requests of the ingress load.
+    pub ingress_concurrency: usize,
+    /// The consumer grid, at the reference size.
+    pub consumer_runs: Vec<ConsumerRun>,
+    /// Offered rates of the end-to-end runs, in jobs per second, and how long each lasts.
+    pub e2e_rates: Vec<u32>,
+    pub e2e_secs: f64,
+    pub e2e_consumers: usize,
+    pub e2e_prefetch: u16,
+    /// Jobs in the index of the memory scenario.
+    pub index_jobs: usize,
+    /// Image and prefetch of the consumer memory scenario.
+    pub memory_image: Size,
+    pub memory_prefetch: u16,
+}
+
+const MS_0: Duration = Duration::ZERO;
+const MS_20: Duration = Duration::from_millis(20);
+
+fn run(processes: usize, prefetch: u16, stub_latency: Duration, image_work: bool) -> ConsumerRun {
+    ConsumerRun {
+        processes,
+        prefetch,
+        stub_latency,
+        image_work,
+    }
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        let mut consumer_runs = Vec::new();
+        for latency in [MS_0, MS_20] {
+            for processes in [1, 2] {
+                for prefetch in [8, 32, 128] {
+                    consumer_runs.push(run(processes, prefetch, latency, false));
+                }
+            }
+        }
+        consumer_runs.push(run(2, 32, MS_0, true));
+        Plan {
+            sizes: [
+                Size::new("1 KiB", 1024),
+                Size::new("145 KiB", 145 * 1024),
+                Size::new("2 MiB", 2 * 1024 * 1024),
+            ],
+            run_secs: 3.0,
+            min_count: 100,
+            max_count: 20_000,
+            publish_channels: 4,
+            publish_window_bytes: 32 * 1024 * 1024,
+            ceiling_consumers: 1,
+            ceiling_prefetch: 32,
+            ingress_concurrency: 48,
+            consumer_runs,
+            e2e_rates: vec![100, 500],
+            e2e_secs: 5.0,
+            e2e_consumers: 2,
+            e2e_prefetch: 32,
+            index_jobs: 1_000_000,
+            memory_image: Size::new("2 MiB", 2 * 1024 * 1024),
+            memory_prefetch: 32,
+        }
+    }
+
+    pub fn smoke() -> Plan {
+        Plan {
+            sizes: [
+                Size::new("1 KiB", 1024),
+                Size::new("8 KiB", 8 * 1024),
+                Size::new("32 KiB", 32 * 1024),
+            ],
+            run_secs: 0.2,
+            min_count: 10,
+            max_count: 40,
+            publish_channels: 2,
+            publish_window_bytes: 1024 * 1024,
+            ceiling_consumers: 1,
+            ceiling_prefetch: 8,
+            ingress_concurrency: 4,
+            consumer_runs: vec![
+                run(1, 8, MS_0, false),
+                run(2, 4, MS_20, false),
+                run(1, 4, MS_0, true),
+            ],
+            e2e_rates: vec![20],
+            e2e_secs: 1.0,
+            e2e_consumers: 1,
+            e2e_prefetch: 8,
+            index_jobs: 2_000,
+            memory_image: Size::new("32 KiB", 32 * 1024),
+            memory_prefetch: 4,
+        }
+    }
+
+    pub fn reference(&self) -> Size {
+        self.sizes[1]
+    }
+
+    /// Messages for one measured run at an expected `rate` per second.
+    pub fn count_for(&self, rate: f64) -> usize {
+        let n = if rate.is_finite() && rate > 0.0 {
+            (rate * self.run_secs) as usize
+        } else {
+            self.min_count
+        };
+        n.clamp(self.min_count, self.max_count)
+    }
+
+    /// Publishes in flight per channel for messages of `size` bytes: the byte budget
+    /// shared by the channels, at least 4 and at most 256 messages each.
+    pub fn publish_window(&self, size: usize) -> usize {
+        (self.publish_window_bytes / self.publish_channels.max(1) / size.max(1)).clamp(4, 256)
+    }
+}

@@ -1,0 +1,123 @@
+//! The `imagejobs` CLI against a real pipeline.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn cli(args: &[&str], envs: &[(&str, String)]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_imagejobs"));
+    cmd.args(args)
+        .env_remove("AMQP_PREFIX")
+        .env("NO_COLOR", "1");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(T, cmd.output())
+        .await
+        .expect("cli finishes")
+        .expect("cli runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn token_submit_wait_and_status() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|_| {}).await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
+    let dir = std::env::temp_dir().join(format!("imagejobs-cli-{p}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<String> = (0..3)
+        .map(|i| {
+            let f = dir.join(format!("img{i}.png"));
+            std::fs::write(&f, png(30 + i, 20)).unwrap();
+            f.display().to_string()
+        })
+        .collect();
+
+    let (code, tok, err) = cli(
+        &["token", "--tenant", "1", "--client", "4"],
+        &[("JWT_SECRET", SECRET.into())],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let env = vec![
+        ("IMAGEJOBS_URL", ing.url.clone()),
+        ("IMAGEJOBS_TOKEN", tok.trim().to_owned()),
+    ];
+    let mut args = vec!["submit", "--wait"];
+    args.extend(files.iter().map(String::as_str));
+    let (code, out, err) = cli(&args, &env).await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    let all = format!("{out}{err}");
+    assert_eq!(all.matches("SUCCESS").count(), 3, "{all}");
+    let id = all
+        .split_whitespace()
+        .find(|w| uuid::Uuid::parse_str(w).is_ok())
+        .expect("an id is printed")
+        .to_owned();
+    let (code, out, _) = cli(&["status", &id], &env).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("\"SUCCESS\""), "{out}");
+
+    // A job that fails makes `submit --wait` exit non-zero.
+    stubs.faults().set_job_fail_rate(1.0);
+    let (code, out, err) = cli(&["submit", "--wait", &files[0]], &env).await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(format!("{out}{err}").contains("FAILED"));
+
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+    cleanup(&p).await;
+}
+
+#[tokio::test]
+async fn dead_list_and_replay() {
+    let p = prefix();
+    let (stubs, stop) = start_stubs(|c| c.force_job_status = Some(422)).await;
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
+    let id = submit_id(&ing, &png(20, 20)).await;
+    assert_eq!(wait_terminal(&ing, &id, 1, T).await["status"], "FAILED");
+    let (_c, ch) = raw_channel().await;
+    let dead = topology(&p, &[]).dead_queue();
+    eventually(T, "the job in the dead queue", || async {
+        (queue_len(&ch, &dead).await == 1).then_some(())
+    })
+    .await;
+
+    let env = vec![("AMQP_URL", amqp_url()), ("AMQP_PREFIX", p.clone())];
+    let (code, out, err) = cli(&["dead", "list"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id) && out.contains("422"), "{out}");
+    assert_eq!(queue_len(&ch, &dead).await, 1, "listing loses nothing");
+
+    stubs.faults().set_forced_status(None);
+    let (code, out, err) = cli(&["dead", "replay", &id], &env).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let job = eventually(T, "the replayed job to succeed", || async {
+        let v: serde_json::Value = ing.get_job(&id, 1).await.json().await.ok()?;
+        (v["status"] == "SUCCESS").then_some(v)
+    })
+    .await;
+    assert_eq!(
+        job["attempts"], 2,
+        "a replay runs as the next attempt: {job}"
+    );
+    assert_eq!(queue_len(&ch, &dead).await, 0);
+    let (code, _, _) = cli(&["dead", "replay", "--all"], &env).await;
+    assert_ne!(code, 0, "nothing left to replay");
+
+    consumer.stop().await;
+    ing.stop().await;
+    stop.cancel();
+    cleanup(&p).await;
+}
