@@ -14,7 +14,7 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
     QueueDeleteOptions, QueuePurgeOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{FieldTable, LongString};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use tokio::time::Instant;
 
@@ -84,11 +84,6 @@ impl Deployment {
         Self::flags_of(&self.prefix)
     }
 
-    /// A queue of the bench's own under this prefix (the raw ceiling's quorum queue).
-    pub fn own_queue(&self, name: &str) -> String {
-        format!("{}.{name}", self.prefix)
-    }
-
     pub async fn declare(&self, conn: &Connection) -> anyhow::Result<()> {
         let ch = conn.create_channel().await?;
         self.topology
@@ -103,12 +98,7 @@ impl Deployment {
     /// first, or they declare it all again).
     pub async fn remove(&self, conn: &Connection) {
         let t = &self.topology;
-        let mut queues = vec![
-            t.work_queue(),
-            t.dead_queue(),
-            t.events_stream(),
-            self.own_queue("ceiling"),
-        ];
+        let mut queues = vec![t.work_queue(), t.dead_queue(), t.events_stream()];
         queues.extend(t.retry_delays().iter().map(|d| t.retry_queue(*d)));
         let exchanges = [
             t.jobs_exchange(),
@@ -297,15 +287,4 @@ pub fn job_message(deployment: &Deployment, image: &Image) -> MakeMessage {
             properties: meta.to_properties(),
         }
     })
-}
-
-/// Quorum-queue arguments of the raw ceiling's queue (those of the work queue that matter
-/// to speed).
-pub fn quorum_args() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    args
 }

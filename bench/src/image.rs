@@ -27,7 +27,6 @@ impl Size {
 /// An encoded image and what a client would send along with it.
 #[derive(Clone, Debug)]
 pub struct Image {
-    pub size: Size,
     pub png: Bytes,
     pub md5: Md5,
 }
@@ -51,7 +50,7 @@ impl Image {
             "the generated image does not sniff as PNG"
         );
         let md5 = Md5::of(&png);
-        Ok(Image { size, png, md5 })
+        Ok(Image { png, md5 })
     }
 
     /// The seed's JSON submit body: `{"encoding": "base64", "md5", "content"}`.

@@ -1,1 +1,133 @@
-fn main() {}
+//! `imagejobs-bench`: the benchmark of issue 5 in one run on one machine.
+//!
+//! # Layout
+//! - [`config`]: the flags; [`plan`]: what a full or a smoke run measures, and how much.
+//! - [`harness`]: the broker connection, HTTP client, and starting ingress and consumer
+//!   processes (release binaries, [`process`]) and the stubs (in this process).
+//! - [`broker`]: deployments (a prefix per scenario), pipelined confirmed publishing;
+//!   [`events`]: a reader of the events stream that timestamps SUCCESS events.
+//! - The five parts: [`ceiling`], [`submit`] (the ingress), [`consumers`], [`endtoend`],
+//!   [`memory`].
+//! - [`report`]: the table, the verdicts on the targets, `BENCHMARKS.md`; [`machine`]:
+//!   what it ran on.
+
+mod broker;
+mod ceiling;
+mod config;
+mod consumers;
+mod endtoend;
+mod events;
+mod harness;
+mod image;
+mod latency;
+mod machine;
+mod memory;
+mod plan;
+mod process;
+mod report;
+mod submit;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use config::{BenchConfig, Scenario};
+use harness::Harness;
+use plan::Plan;
+use report::Report;
+
+fn main() -> ExitCode {
+    let config = BenchConfig::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("imagejobs-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("imagejobs-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every scenario asked for; `Ok(false)` when one of them failed.
+async fn run(config: BenchConfig) -> anyhow::Result<bool> {
+    let plan = if config.smoke {
+        Plan::smoke()
+    } else {
+        Plan::full()
+    };
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let h = Harness::new(config.clone(), plan).await?;
+    h.progress(format!(
+        "imagejobs-bench{} against {}; child logs in {}",
+        if config.smoke { " --smoke" } else { "" },
+        broker::redact(&config.amqp_url),
+        config.log_dir.display()
+    ));
+    let mut report = Report::default();
+
+    let ceiling = if config.runs(Scenario::Ceiling) {
+        match ceiling::run(&h, &mut report).await {
+            Ok(c) => c,
+            Err(e) => {
+                report.fail("ceiling", &e);
+                ceiling::Ceiling::default()
+            }
+        }
+    } else {
+        ceiling::Ceiling::default()
+    };
+    if config.runs(Scenario::Ingress) {
+        if let Err(e) = submit::run(&h, &ceiling, &mut report).await {
+            report.fail("ingress", &e);
+        }
+    }
+    if config.runs(Scenario::Consumers) {
+        if let Err(e) = consumers::run(&h, &ceiling, &mut report).await {
+            report.fail("consumers", &e);
+        }
+    }
+    if config.runs(Scenario::E2e) {
+        if let Err(e) = endtoend::run(&h, &mut report).await {
+            report.fail("end to end", &e);
+        }
+    }
+    if config.runs(Scenario::Memory) {
+        if let Err(e) = memory::run(&h, &mut report).await {
+            report.fail("memory", &e);
+        }
+    }
+    let took = h.elapsed();
+    h.progress("done");
+    let _ = h.conn.close(200, "bye".into()).await;
+
+    let machine = machine::describe(&config);
+    let command = config.command.clone().unwrap_or_else(|| {
+        std::env::args().collect::<Vec<_>>().join(" ")
+    });
+    let mut section = String::new();
+    section.push_str(&format!(
+        "Run of {date} ({}; {:.0} s), command `{command}`.\n\nMachine: {machine}\n\n",
+        if config.smoke { "smoke run: the figures mean nothing" } else { "full run" },
+        took.as_secs_f64()
+    ));
+    section.push_str(&report.markdown());
+    println!("\n{section}");
+    if let Some(path) = &config.write {
+        report::write_section(path, &section)?;
+        eprintln!("wrote the table to {}", path.display());
+    }
+    Ok(report.failures.is_empty())
+}

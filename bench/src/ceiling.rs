@@ -1,0 +1,187 @@
+//! Part 1, the ceiling: what the broker itself allows on this machine, measured with raw
+//! lapin on the same topology the pipeline uses (publishes to `{p}.jobs`, routed to the
+//! quorum queue `{p}.jobs.work`; the same job messages, persistent and `mandatory`).
+//!
+//! - Publish: several confirm channels, many publishes in flight on each, every publish
+//!   awaiting its own confirm (no `wait_for_confirms`, no batching a client could not do).
+//! - Consume: manual acks, one ack per message sent from the task that took it (as the
+//!   consumer does), at the consumer's default prefetch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, Deployment};
+use crate::harness::Harness;
+use crate::image::{Image, Size};
+use crate::report::{thousands, Report, Row};
+
+/// Messages per second of the raw broker, by image size in bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Ceiling {
+    pub publish: HashMap<usize, f64>,
+    pub consume: HashMap<usize, f64>,
+}
+
+impl Ceiling {
+    pub fn publish_at(&self, size: Size) -> Option<f64> {
+        self.publish.get(&size.bytes).copied()
+    }
+    pub fn consume_at(&self, size: Size) -> Option<f64> {
+        self.consume.get(&size.bytes).copied()
+    }
+}
+
+/// A first guess of the publish rate, to size the runs: about 170 MB/s of bodies, at
+/// most 15,000 messages per second.
+pub fn guess_rate(size: Size) -> f64 {
+    (170e6 / size.bytes as f64).min(15_000.0)
+}
+
+pub async fn run(h: &Harness, report: &mut Report) -> anyhow::Result<Ceiling> {
+    let d = Deployment::new("ceiling");
+    d.declare(&h.conn).await?;
+    let result = measure(h, &d, report).await;
+    d.remove(&h.conn).await;
+    result
+}
+
+async fn measure(h: &Harness, d: &Deployment, report: &mut Report) -> anyhow::Result<Ceiling> {
+    let plan = &h.plan;
+    let queue = d.topology.work_queue();
+    let mut ceiling = Ceiling::default();
+    for size in plan.sizes {
+        let image = Image::generate(size)?;
+        let count = plan.count_for(guess_rate(size));
+        let window = plan.publish_window(size.bytes);
+        h.progress(format!(
+            "ceiling: {count} confirmed publishes of {}, {} channels × {window} in flight",
+            size.label, plan.publish_channels
+        ));
+        let took = broker::publish_confirmed(
+            &h.conn,
+            plan.publish_channels,
+            window,
+            count,
+            broker::job_message(d, &image),
+        )
+        .await
+        .context("raw publish")?;
+        let publish = count as f64 / took.as_secs_f64();
+        ceiling.publish.insert(size.bytes, publish);
+        report.row(
+            Row::new("1 ceiling", "raw publish, confirmed, quorum queue")
+                .size(size.label)
+                .setting(format!(
+                    "{} ch × {window} in flight",
+                    plan.publish_channels
+                ))
+                .result(format!("{} msg/s", thousands(publish)))
+                .ratio("1.00 (publish ceiling)"),
+        );
+
+        h.progress(format!("ceiling: consuming them with manual acks"));
+        let took = consume_acked(
+            &h.conn,
+            &queue,
+            plan.ceiling_consumers,
+            plan.ceiling_prefetch,
+            count,
+        )
+        .await
+        .context("raw consume")?;
+        let consume = (count.saturating_sub(1)).max(1) as f64 / took.as_secs_f64();
+        ceiling.consume.insert(size.bytes, consume);
+        report.row(
+            Row::new("1 ceiling", "raw consume, manual acks, quorum queue")
+                .size(size.label)
+                .setting(format!(
+                    "{} consumer × prefetch {}",
+                    plan.ceiling_consumers, plan.ceiling_prefetch
+                ))
+                .result(format!("{} msg/s", thousands(consume)))
+                .ratio("1.00 (consume ceiling)"),
+        );
+    }
+    Ok(ceiling)
+}
+
+/// Consumes `count` messages from `queue` on `consumers` channels with `prefetch` each,
+/// acking every message from a task of its own. Returns the time from the first delivery
+/// to the last ack.
+pub async fn consume_acked(
+    conn: &Connection,
+    queue: &str,
+    consumers: usize,
+    prefetch: u16,
+    count: usize,
+) -> anyhow::Result<Duration> {
+    let acked = Arc::new(AtomicUsize::new(0));
+    let first = Arc::new(Mutex::new(None::<Instant>));
+    let done = CancellationToken::new();
+    let last = Arc::new(Mutex::new(None::<Instant>));
+    let mut tasks = Vec::new();
+    for _ in 0..consumers.max(1) {
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let mut consumer = ch
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (acked, first, last, done) = (acked.clone(), first.clone(), last.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let delivery = tokio::select! {
+                    _ = done.cancelled() => break,
+                    d = consumer.next() => d,
+                };
+                let delivery = match delivery {
+                    Some(d) => d?,
+                    None => anyhow::bail!("the consumer was cancelled"),
+                };
+                first
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(Instant::now);
+                let (acked, last, done) = (acked.clone(), last.clone(), done.clone());
+                tokio::spawn(async move {
+                    if delivery.acker.ack(BasicAckOptions::default()).await.is_ok()
+                        && acked.fetch_add(1, Ordering::Relaxed) + 1 == count
+                    {
+                        *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                        done.cancel();
+                    }
+                });
+            }
+            let _ = ch.close(200, "consumed".into()).await;
+            anyhow::Ok(())
+        }));
+    }
+    let deadline = Duration::from_secs(120);
+    if tokio::time::timeout(deadline, done.cancelled()).await.is_err() {
+        done.cancel();
+        anyhow::bail!(
+            "{} of {count} messages consumed within {deadline:?}",
+            acked.load(Ordering::Relaxed)
+        );
+    }
+    for t in tasks {
+        t.await.context("consumer task")??;
+    }
+    let first = first.lock().unwrap_or_else(|p| p.into_inner()).context("no delivery")?;
+    let last = last.lock().unwrap_or_else(|p| p.into_inner()).context("no last ack")?;
+    Ok(last - first)
+}

@@ -1,0 +1,210 @@
+//! What every scenario shares: the settings and plan, the bench's broker connection and
+//! HTTP client, and starting the pieces of the pipeline (ingress and consumer processes
+//! from the release binaries, stubs in this process).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use lapin::Connection;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use imagejobs::auth::{mint, Caller};
+use imagejobs::config::Secret;
+use imagejobs::job::{ClientId, TenantId};
+use imagejobs_stubs::{StubConfig, Stubs};
+
+use crate::broker::{self, Deployment};
+use crate::config::BenchConfig;
+use crate::plan::Plan;
+use crate::process::{eventually, free_port, Service};
+
+/// The JWT secret of every ingress the bench starts.
+const SECRET: &str = "imagejobs-bench-secret";
+
+pub struct Harness {
+    pub config: BenchConfig,
+    pub plan: Plan,
+    pub conn: Connection,
+    pub http: reqwest::Client,
+    started: Instant,
+}
+
+/// An ingress process and where it answers.
+pub struct IngressProcess {
+    pub service: Service,
+    pub url: String,
+}
+
+/// Stubs served by this process, and the token that stops them.
+pub struct StubsHandle {
+    pub stubs: Stubs,
+    stop: CancellationToken,
+}
+
+impl StubsHandle {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.stubs.wait().await;
+    }
+}
+
+impl Harness {
+    pub async fn new(config: BenchConfig, plan: Plan) -> anyhow::Result<Harness> {
+        let conn = broker::connect(&config.amqp_url, "imagejobs-bench").await?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1024)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Harness {
+            config,
+            plan,
+            conn,
+            http,
+            started: Instant::now(),
+        })
+    }
+
+    /// Prints a progress line to stderr, with the time since the run started.
+    pub fn progress(&self, msg: impl std::fmt::Display) {
+        eprintln!("[{:6.1}s] {msg}", self.started.elapsed().as_secs_f64());
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A bearer token of `tenant` for the bench's ingresses.
+    pub fn token(&self, tenant: i64) -> anyhow::Result<String> {
+        let caller = Caller {
+            tenant_id: TenantId(tenant),
+            client_id: ClientId(1),
+        };
+        Ok(mint(
+            &Secret::new(SECRET),
+            caller,
+            None,
+            Some(Duration::from_secs(3600)),
+        )?)
+    }
+
+    /// Starts `imagejobs-ingress` for `deployment` and waits until `/readyz` says 200
+    /// (broker up, topology declared, index caught up), at most `ready_within`.
+    pub async fn start_ingress(
+        &self,
+        deployment: &Deployment,
+        name: &str,
+        ready_within: Duration,
+    ) -> anyhow::Result<IngressProcess> {
+        let port = free_port()?;
+        let mut args = vec![
+            "--amqp-url".to_owned(),
+            self.config.amqp_url.clone(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+        ];
+        args.extend(deployment.flags());
+        let program = self.config.bin_dir.join("imagejobs-ingress");
+        let env = [("JWT_SECRET", SECRET), ("RUST_LOG", "info")];
+        let mut service = Service::spawn(name, &program, &args, &env, &self.config.log_dir)?;
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}/readyz");
+        let http = self.http.clone();
+        eventually(ready_within, &format!("{name} /readyz 200"), || {
+            let alive = service.check_running();
+            let (http, ready) = (http.clone(), ready.clone());
+            async move {
+                alive?;
+                Ok(match http.get(&ready).send().await {
+                    Ok(r) if r.status() == 200 => Some(()),
+                    _ => None,
+                })
+            }
+        })
+        .await?;
+        Ok(IngressProcess { service, url })
+    }
+
+    /// Starts `n` `imagejobs-consumer` processes against `stubs` and waits until all of
+    /// them consume from the work queue.
+    pub async fn start_consumers(
+        &self,
+        deployment: &Deployment,
+        stubs: &Stubs,
+        n: usize,
+        prefetch: u16,
+        name: &str,
+    ) -> anyhow::Result<Vec<Service>> {
+        let mut args = vec![
+            "--amqp-url".to_owned(),
+            self.config.amqp_url.clone(),
+            "--prefetch".into(),
+            prefetch.to_string(),
+            "--worker-service-url".into(),
+            stubs.worker_url.clone(),
+            "--blob-service-url".into(),
+            stubs.blob_url.clone(),
+            "--job-timeout-secs".into(),
+            "60".into(),
+            "--drain-timeout-secs".into(),
+            "5".into(),
+        ];
+        args.extend(deployment.flags());
+        let program = self.config.bin_dir.join("imagejobs-consumer");
+        let mut services = Vec::with_capacity(n);
+        for i in 1..=n {
+            services.push(Service::spawn(
+                &format!("{name}-consumer{i}"),
+                &program,
+                &args,
+                &[("RUST_LOG", "info")],
+                &self.config.log_dir,
+            )?);
+        }
+        let queue = deployment.topology.work_queue();
+        let waited =
+            broker::wait_consumers(&self.conn, &queue, n as u32, Duration::from_secs(30)).await;
+        if let Err(e) = waited {
+            for s in &mut services {
+                s.check_running()?;
+            }
+            return Err(e);
+        }
+        Ok(services)
+    }
+
+    /// Stub services in this process: no injected errors, `latency` on every request,
+    /// the image work on or skipped.
+    pub async fn start_stubs(
+        &self,
+        latency: Duration,
+        image_work: bool,
+    ) -> anyhow::Result<StubsHandle> {
+        let config = StubConfig {
+            seed: Some(7),
+            latency_ms: latency.as_millis() as u64,
+            skip_image_work: !image_work,
+            blob_max_bytes: 256 * 1024 * 1024,
+            ..StubConfig::default()
+        };
+        let stop = CancellationToken::new();
+        let stubs = Stubs::start(config, stop.clone()).await?;
+        Ok(StubsHandle { stubs, stop })
+    }
+}
+
+/// Stops every service (each gets `grace` after SIGTERM).
+pub async fn stop_all(services: Vec<Service>, grace: Duration) {
+    let stops = services.into_iter().map(|s| async move {
+        let name = s.name().to_owned();
+        if let Err(e) = s.stop(grace).await {
+            tracing::warn!(%name, error = %format!("{e:#}"), "stopping a child process");
+        }
+    });
+    futures::future::join_all(stops).await;
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# `make bench` / `make bench-smoke`: build the release binaries, make sure the private
+# RabbitMQ node runs (starting it, and stopping it at the end, only if it was down), and
+# run imagejobs-bench against it.
+#
+#   ./scripts/bench.sh           full run; the table goes to stdout and to BENCHMARKS.md
+#   ./scripts/bench.sh --smoke   a tiny run of every scenario, to check that the tool works
+#
+# Further arguments go to imagejobs-bench (see `target/release/imagejobs-bench --help`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=0
+for arg in "$@"; do
+  [ "$arg" = --smoke ] && smoke=1
+done
+
+cargo build --release --workspace --bins
+
+started_here=0
+if ! ./rabbitmq/node.sh status >/dev/null 2>&1; then
+  ./rabbitmq/node.sh start
+  started_here=1
+fi
+cleanup() {
+  if [ "$started_here" = 1 ]; then ./rabbitmq/node.sh stop || true; fi
+}
+trap cleanup EXIT
+# shellcheck disable=SC1091
+. rabbitmq/.node/env
+export AMQP_URL
+
+BENCH_BROKER_VERSION=$(./rabbitmq/node.sh ctl version 2>/dev/null | tail -n 1 || true)
+BENCH_RUSTC_VERSION=$(rustc --version 2>/dev/null || true)
+if [ "$smoke" = 1 ]; then
+  BENCH_COMMAND="make bench-smoke (scripts/bench.sh $*)"
+  write=()
+else
+  BENCH_COMMAND="make bench (scripts/bench.sh${*:+ $*})"
+  write=(--write BENCHMARKS.md)
+fi
+export BENCH_BROKER_VERSION BENCH_RUSTC_VERSION BENCH_COMMAND
+
+exec ./target/release/imagejobs-bench "${write[@]}" "$@"
