@@ -64,7 +64,8 @@ stop_all() {
   if [ "$broker_was_up" = 0 ]; then ./rabbitmq/node.sh stop || true; fi
   echo "stopped."
 }
-trap stop_all INT TERM EXIT
+trap stop_all EXIT
+trap 'stop_all; exit 0' INT TERM
 
 "$bin/imagejobs-stubs" > .run/stubs.log 2>&1 &
 pids+=($!)
