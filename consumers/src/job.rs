@@ -89,7 +89,7 @@ async fn settle(ctx: &Context, props: &BasicProperties, body: Bytes) -> Result<(
         Outcome::Success { payload_location } => {
             let mut ev = StatusEvent::new(meta, Status::Success);
             ev.payload_location = Some(payload_location);
-            tracing::info!(job_id = %meta.id, "job succeeded");
+            tracing::debug!(job_id = %meta.id, "job succeeded");
             publish_event(ctx, ev).await
         }
         Outcome::WorkerFailed(error) => {

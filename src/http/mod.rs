@@ -82,7 +82,7 @@ impl AppState {
             }
             Err(e) => tracing::error!(error = %e, "could not encode a status event"),
         }
-        tracing::info!(job_id = %meta.id, tenant_id = meta.tenant_id.0, size = body.len(), "job queued");
+        tracing::debug!(job_id = %meta.id, tenant_id = meta.tenant_id.0, size = body.len(), "job queued");
         Ok(())
     }
 }
