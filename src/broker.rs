@@ -283,12 +283,21 @@ async fn connect(config: &BrokerConfig) -> anyhow::Result<Arc<Live>> {
         watcher.cancel();
     });
 
-    let declare = connection
-        .create_channel()
-        .await
-        .context("opening a channel")?;
-    config.topology.declare(&declare).await?;
-    let _ = declare.close(200, "declared".into()).await;
+    let declared = async {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        config.topology.declare(&channel).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        anyhow::Ok(())
+    };
+    if let Err(e) = declared.await {
+        // Do not leave a half-set-up connection open on the broker.
+        closed.cancel();
+        let _ = connection.close(200, "topology not declared".into()).await;
+        return Err(e);
+    }
 
     let connection = Arc::new(connection);
     let pool = ChannelPool::builder(ChannelManager {

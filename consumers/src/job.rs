@@ -72,7 +72,7 @@ async fn settle(ctx: &Context, props: &BasicProperties, body: Bytes) -> Result<(
     let meta = &job.meta;
 
     let redeliveries = delivery_count(props);
-    if redeliveries + 1 >= ctx.delivery_limit {
+    if redeliveries > 0 && redeliveries + 1 >= ctx.delivery_limit {
         let why = format!(
             "delivered {} times without an outcome (consumers crashed or lost the broker while holding it)",
             redeliveries + 1
@@ -173,8 +173,21 @@ async fn publish_event(ctx: &Context, event: StatusEvent) -> Result<(), PublishE
         .await
 }
 
+/// The message's headers with `name` set, and without the broker's delivery count (a
+/// copy is a new message: a stale count would make it look redelivered).
 fn with_header(props: &BasicProperties, name: &str, value: AMQPValue) -> FieldTable {
-    let mut headers = props.headers().clone().unwrap_or_default();
+    let mut headers = FieldTable::default();
+    for (k, v) in props
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().iter())
+        .into_iter()
+        .flatten()
+    {
+        if k.as_str() != "x-delivery-count" {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
     headers.insert(name.into(), value);
     headers
 }
@@ -196,4 +209,35 @@ fn delivery_count(props: &BasicProperties) -> u32 {
 /// How long to wait between status polls: short at first, for fast jobs, then longer.
 pub fn poll_interval(polls: u32) -> Duration {
     Duration::from_millis((10u64 << polls.min(7)).min(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_drop_the_delivery_count_and_keep_the_rest() {
+        let mut h = FieldTable::default();
+        h.insert("x-delivery-count".into(), AMQPValue::LongLongInt(4));
+        h.insert("tenant_id".into(), AMQPValue::LongLongInt(1));
+        let props = BasicProperties::default().with_headers(h);
+        assert_eq!(delivery_count(&props), 4);
+        let copy = with_header(&props, header::ATTEMPT, AMQPValue::LongLongInt(2));
+        assert!(copy.inner().get("x-delivery-count").is_none());
+        assert_eq!(
+            copy.inner().get("tenant_id"),
+            Some(&AMQPValue::LongLongInt(1))
+        );
+        assert_eq!(
+            copy.inner().get("x-attempt"),
+            Some(&AMQPValue::LongLongInt(2))
+        );
+    }
+
+    #[test]
+    fn polls_start_fast_and_settle_at_a_second() {
+        assert_eq!(poll_interval(0), Duration::from_millis(10));
+        assert!(poll_interval(3) > poll_interval(2));
+        assert_eq!(poll_interval(50), Duration::from_secs(1));
+    }
 }
