@@ -481,3 +481,29 @@ async fn health_and_ping() {
     ing.stop().await;
     cleanup(&p).await;
 }
+
+#[tokio::test]
+async fn the_ingress_refuses_to_start_without_a_secret() {
+    let p = prefix();
+    let mut config = <imagejobs::ingress::IngressConfig as clap::Parser>::parse_from([
+        "imagejobs-ingress",
+        "--amqp-url",
+        &amqp_url(),
+        "--amqp-prefix",
+        &p,
+        "--port",
+        "0",
+    ]);
+    config.jwt_secret = None;
+    config.jwt_secret_file = None;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let err = imagejobs::ingress::Ingress::build(config.clone(), shutdown.clone())
+        .await
+        .err()
+        .expect("no secret, no start");
+    assert!(err.to_string().contains("JWT_SECRET"), "{err}");
+    config.jwt_secret_file = Some(std::env::temp_dir().join(format!("{p}-missing-secret")));
+    assert!(imagejobs::ingress::Ingress::build(config, shutdown)
+        .await
+        .is_err());
+}
