@@ -80,12 +80,15 @@ async fn settle(ctx: &Context, props: &BasicProperties, body: Bytes) -> Result<(
         return dead_letter(ctx, props, &body, Some(meta), &why).await;
     }
 
-    // RUNNING is informative: if it is lost the index still moves on with the outcome.
-    if let Err(e) = publish_event(ctx, StatusEvent::new(meta, Status::Running)).await {
+    // RUNNING is informative: it goes out first, and its confirm is awaited alongside the
+    // work rather than before it; if it is lost the index moves on with the outcome.
+    let running = publish_event(ctx, StatusEvent::new(meta, Status::Running));
+    let (running, outcome) = tokio::join!(running, crate::pipeline::run(ctx, &job));
+    if let Err(e) = running {
         tracing::debug!(job_id = %meta.id, error = %e, "RUNNING event not confirmed");
     }
 
-    match crate::pipeline::run(ctx, &job).await {
+    match outcome {
         Outcome::Success { payload_location } => {
             let mut ev = StatusEvent::new(meta, Status::Success);
             ev.payload_location = Some(payload_location);
