@@ -32,6 +32,8 @@ export AMQP_URL
 
 BENCH_BROKER_VERSION=$(./rabbitmq/node.sh ctl version 2>/dev/null | tail -n 1 || true)
 BENCH_RUSTC_VERSION=$(rustc --version 2>/dev/null || true)
+# The broker's VM, whose CPU time per job the table shows.
+BENCH_BROKER_PID=$(cat rabbitmq/.node/rabbitmq.pid 2>/dev/null || true)
 if [ "$smoke" = 1 ]; then
   BENCH_COMMAND="make bench-smoke (scripts/bench.sh $*)"
   write=()
@@ -40,5 +42,7 @@ else
   write=(--write BENCHMARKS.md)
 fi
 export BENCH_BROKER_VERSION BENCH_RUSTC_VERSION BENCH_COMMAND
+[ -n "$BENCH_BROKER_PID" ] && export BENCH_BROKER_PID
 
-exec ./target/release/imagejobs-bench "${write[@]}" "$@"
+# Not `exec`: the trap above must still stop a node this script started.
+./target/release/imagejobs-bench "${write[@]}" "$@"

@@ -5,7 +5,8 @@
 //! - Publish: several confirm channels, many publishes in flight on each, every publish
 //!   awaiting its own confirm (no `wait_for_confirms`, no batching a client could not do).
 //! - Consume: manual acks, one ack per message sent from the task that took it (as the
-//!   consumer does), at the consumer's default prefetch.
+//!   consumer does), at the consumer's default prefetch and at the largest prefetch of the
+//!   consumer grid; the ceiling is the better of the two.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, Deployment};
+use crate::cpu::CpuSpent;
 use crate::harness::Harness;
 use crate::image::{Image, Size};
 use crate::report::{thousands, Report, Row};
@@ -48,10 +50,10 @@ pub fn guess_rate(size: Size) -> f64 {
 }
 
 pub async fn run(h: &Harness, report: &mut Report) -> anyhow::Result<Ceiling> {
-    let d = Deployment::new("ceiling");
+    let d = h.deployment("ceiling");
     d.declare(&h.conn).await?;
     let result = measure(h, &d, report).await;
-    d.remove(&h.conn).await;
+    h.remove(&d).await;
     result
 }
 
@@ -63,56 +65,121 @@ async fn measure(h: &Harness, d: &Deployment, report: &mut Report) -> anyhow::Re
         let image = Image::generate(size)?;
         let count = plan.count_for(guess_rate(size));
         let window = plan.publish_window(size.bytes);
-        h.progress(format!(
-            "ceiling: {count} confirmed publishes of {}, {} channels × {window} in flight",
-            size.label, plan.publish_channels
-        ));
-        let took = broker::publish_confirmed(
-            &h.conn,
-            plan.publish_channels,
-            window,
-            count,
-            broker::job_message(d, &image),
-        )
-        .await
-        .context("raw publish")?;
-        let publish = count as f64 / took.as_secs_f64();
-        ceiling.publish.insert(size.bytes, publish);
+        let mut publish = Vec::new();
+        let (mut publish_cpu, mut consume_cpu) = (CpuSpent::default(), CpuSpent::default());
+        let mut consume: Vec<Vec<f64>> = vec![Vec::new(); plan.ceiling_prefetch.len()];
+        for rep in 1..=plan.ceiling_repeats {
+            h.progress(format!(
+                "ceiling {rep}/{}: {count} confirmed publishes of {}, {} channels × {window} in flight, then consuming them",
+                plan.ceiling_repeats, size.label, plan.publish_channels
+            ));
+            let meter = h.cpu_meter(vec![]);
+            let took = broker::publish_confirmed(
+                &h.conn,
+                plan.publish_channels,
+                window,
+                count,
+                broker::job_message(d, &image),
+            )
+            .await
+            .context("raw publish")?;
+            publish.push(count as f64 / took.as_secs_f64());
+            publish_cpu.add(&meter.spent());
+            let meter = h.cpu_meter(vec![]);
+            // The published messages are consumed in equal parts at each prefetch.
+            let mut left = count;
+            let parts = plan.ceiling_prefetch.len();
+            for (i, &prefetch) in plan.ceiling_prefetch.iter().enumerate() {
+                let n = if i + 1 == parts { left } else { count / parts };
+                left -= n;
+                let took = consume_acked(&h.conn, &queue, plan.ceiling_consumers, prefetch, n)
+                    .await
+                    .context("raw consume")?;
+                consume[i].push(n.saturating_sub(1).max(1) as f64 / took.as_secs_f64());
+            }
+            consume_cpu.add(&meter.spent());
+        }
+        let reps = plan.ceiling_repeats;
+        let p = median(&mut publish);
+        ceiling.publish.insert(size.bytes, p.median);
         report.row(
-            Row::new("1 ceiling", "raw publish, confirmed, quorum queue")
+            Row::new("1 ceiling", "raw publish, confirmed")
                 .size(size.label)
                 .setting(format!(
-                    "{} ch × {window} in flight",
-                    plan.publish_channels
+                    "{} ch × {window} in flight{}",
+                    plan.publish_channels,
+                    p.note(reps)
                 ))
-                .result(format!("{} msg/s", thousands(publish)))
-                .ratio("1.00 (publish ceiling)"),
+                .result(format!("{} msg/s", thousands(p.median)))
+                .ratio("1.00 (publish ceiling)")
+                .cpu(publish_cpu.per_job(count * reps)),
         );
-
-        h.progress(format!("ceiling: consuming them with manual acks"));
-        let took = consume_acked(
-            &h.conn,
-            &queue,
-            plan.ceiling_consumers,
-            plan.ceiling_prefetch,
-            count,
-        )
-        .await
-        .context("raw consume")?;
-        let consume = (count.saturating_sub(1)).max(1) as f64 / took.as_secs_f64();
-        ceiling.consume.insert(size.bytes, consume);
+        let mut best = 0.0f64;
+        for (i, &prefetch) in plan.ceiling_prefetch.iter().enumerate() {
+            let c = median(&mut consume[i]);
+            best = best.max(c.median);
+            report.row(
+                Row::new("1 ceiling", "raw consume, manual acks")
+                    .size(size.label)
+                    .setting(format!(
+                        "{} consumer × prefetch {prefetch}{}",
+                        plan.ceiling_consumers,
+                        c.note(reps)
+                    ))
+                    .result(format!("{} msg/s", thousands(c.median))),
+            );
+        }
+        ceiling.consume.insert(size.bytes, best);
         report.row(
-            Row::new("1 ceiling", "raw consume, manual acks, quorum queue")
+            Row::new("1 ceiling", "consume ceiling (better prefetch)")
                 .size(size.label)
-                .setting(format!(
-                    "{} consumer × prefetch {}",
-                    plan.ceiling_consumers, plan.ceiling_prefetch
-                ))
-                .result(format!("{} msg/s", thousands(consume)))
-                .ratio("1.00 (consume ceiling)"),
+                .result(format!("{} msg/s", thousands(best)))
+                .ratio("1.00 (consume ceiling)")
+                .cpu(consume_cpu.per_job(count * reps)),
         );
     }
     Ok(ceiling)
+}
+
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// `; median of 3 (min–max)`, or nothing for a single measurement.
+    fn note(&self, reps: usize) -> String {
+        if reps > 1 {
+            format!(
+                "; median of {reps} ({}–{})",
+                thousands(self.min),
+                thousands(self.max)
+            )
+        } else {
+            String::new()
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> Spread {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => Spread {
+            median: 0.0,
+            min: 0.0,
+            max: 0.0,
+        },
+        n => Spread {
+            median: if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            },
+            min: v[0],
+            max: v[n - 1],
+        },
+    }
 }
 
 /// Consumes `count` messages from `queue` on `consumers` channels with `prefetch` each,
@@ -126,6 +193,7 @@ pub async fn consume_acked(
     count: usize,
 ) -> anyhow::Result<Duration> {
     let acked = Arc::new(AtomicUsize::new(0));
+    let taken = Arc::new(AtomicUsize::new(0));
     let first = Arc::new(Mutex::new(None::<Instant>));
     let done = CancellationToken::new();
     let last = Arc::new(Mutex::new(None::<Instant>));
@@ -141,7 +209,13 @@ pub async fn consume_acked(
                 FieldTable::default(),
             )
             .await?;
-        let (acked, first, last, done) = (acked.clone(), first.clone(), last.clone(), done.clone());
+        let (acked, taken, first, last, done) = (
+            acked.clone(),
+            taken.clone(),
+            first.clone(),
+            last.clone(),
+            done.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 let delivery = tokio::select! {
@@ -156,6 +230,11 @@ pub async fn consume_acked(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get_or_insert_with(Instant::now);
+                // Deliveries beyond `count` are left unacked: closing the channel
+                // returns them to the queue for the next measurement.
+                if taken.fetch_add(1, Ordering::Relaxed) >= count {
+                    continue;
+                }
                 let (acked, last, done) = (acked.clone(), last.clone(), done.clone());
                 tokio::spawn(async move {
                     if delivery.acker.ack(BasicAckOptions::default()).await.is_ok()
@@ -171,7 +250,10 @@ pub async fn consume_acked(
         }));
     }
     let deadline = Duration::from_secs(120);
-    if tokio::time::timeout(deadline, done.cancelled()).await.is_err() {
+    if tokio::time::timeout(deadline, done.cancelled())
+        .await
+        .is_err()
+    {
         done.cancel();
         anyhow::bail!(
             "{} of {count} messages consumed within {deadline:?}",
@@ -181,7 +263,13 @@ pub async fn consume_acked(
     for t in tasks {
         t.await.context("consumer task")??;
     }
-    let first = first.lock().unwrap_or_else(|p| p.into_inner()).context("no delivery")?;
-    let last = last.lock().unwrap_or_else(|p| p.into_inner()).context("no last ack")?;
+    let first = first
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .context("no delivery")?;
+    let last = last
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .context("no last ack")?;
     Ok(last - first)
 }

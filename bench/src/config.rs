@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::plan::ConsumerRun;
+
 /// `imagejobs-bench`: measures the pipeline and the raw broker under it in one run, and
 /// prints one table with every figure and its ratio to the broker's ceiling.
 #[derive(Parser, Clone, Debug)]
@@ -36,6 +38,34 @@ pub struct BenchConfig {
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Scenario>,
 
+    /// Profile the child processes: `perf record` (cpu-clock, DWARF call graphs) follows
+    /// each one into `<log-dir>/<name>.perf.data`. The figures of such a run are lower.
+    #[arg(long)]
+    pub perf: bool,
+
+    /// Overrides of the plan, for tuning the raw ceiling: confirm channels, MiB in flight
+    /// across them, consumer channels and their prefetch.
+    #[arg(long, hide = true)]
+    pub publish_channels: Option<usize>,
+    #[arg(long, hide = true)]
+    pub publish_window_mib: Option<usize>,
+    #[arg(long, hide = true)]
+    pub ceiling_consumers: Option<usize>,
+    #[arg(long, hide = true)]
+    pub ceiling_prefetch: Option<u16>,
+    /// Concurrent HTTP clients of the ingress load.
+    #[arg(long, hide = true)]
+    pub ingress_concurrency: Option<usize>,
+    /// Replaces the consumer grid with these runs, each
+    /// `PROCESSES:PREFETCH:LATENCY_MS[:work]` (e.g. `1:128:0`), for profiling one of them.
+    #[arg(long, hide = true, value_parser = parse_consumer_run)]
+    pub consumer_run: Vec<ConsumerRun>,
+
+    /// PID of the broker's Erlang VM, to show its CPU time per job (scripts/bench.sh reads
+    /// it from rabbitmq/.node/rabbitmq.pid).
+    #[arg(long, env = "BENCH_BROKER_PID")]
+    pub broker_pid: Option<u32>,
+
     /// How the run was started, for the report (scripts/bench.sh sets it).
     #[arg(long, env = "BENCH_COMMAND")]
     pub command: Option<String>,
@@ -63,4 +93,18 @@ impl BenchConfig {
     pub fn runs(&self, scenario: Scenario) -> bool {
         self.only.is_empty() || self.only.contains(&scenario)
     }
+}
+
+fn parse_consumer_run(s: &str) -> Result<ConsumerRun, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || format!("{s:?} is not PROCESSES:PREFETCH:LATENCY_MS[:work]");
+    if !(3..=4).contains(&parts.len()) {
+        return Err(bad());
+    }
+    Ok(ConsumerRun {
+        processes: parts[0].parse().map_err(|_| bad())?,
+        prefetch: parts[1].parse().map_err(|_| bad())?,
+        stub_latency: std::time::Duration::from_millis(parts[2].parse().map_err(|_| bad())?),
+        image_work: parts.get(3) == Some(&"work"),
+    })
 }

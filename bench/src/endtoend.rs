@@ -13,7 +13,6 @@ use anyhow::Context;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::broker::Deployment;
 use crate::events::EventWatch;
 use crate::harness::{stop_all, Harness};
 use crate::image::Image;
@@ -25,7 +24,7 @@ use crate::submit::{Mode, Submit};
 const TARGET_P99: Duration = Duration::from_millis(50);
 
 pub async fn run(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
-    let d = Deployment::new("e2e");
+    let d = h.deployment("e2e");
     d.declare(&h.conn).await?;
     let stubs = h.start_stubs(Duration::ZERO, false).await?;
     let result = async {
@@ -49,7 +48,9 @@ pub async fn run(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
                 return Err(e);
             }
         };
-        let r = measure(h, &ingress.url, &mut watch, report).await;
+        let mut pids = vec![("ingress", vec![ingress.service.pid()])];
+        pids.push(("consumers", consumers.iter().map(|s| s.pid()).collect()));
+        let r = measure(h, &ingress.url, pids, &mut watch, report).await;
         watch.stop().await;
         let mut all = consumers;
         all.push(ingress.service);
@@ -58,13 +59,14 @@ pub async fn run(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
     }
     .await;
     stubs.stop().await;
-    d.remove(&h.conn).await;
+    h.remove(&d).await;
     result
 }
 
 async fn measure(
     h: &Harness,
     url: &str,
+    pids: Vec<(&'static str, Vec<u32>)>,
     watch: &mut EventWatch,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -80,13 +82,18 @@ async fn measure(
             "end to end: {n} raw submits of {} at {rate}/s",
             size.label
         ));
+        let meter = h.cpu_meter(pids.clone());
         let started = Instant::now();
         let mut tasks = Vec::with_capacity(n);
         for i in 0..n {
             let at = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
             tokio::time::sleep_until(at).await;
-            let (http, target, token, submit) =
-                (h.http.clone(), target.clone(), token.clone(), submit.clone());
+            let (http, target, token, submit) = (
+                h.http.clone(),
+                target.clone(),
+                token.clone(),
+                submit.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let sent = Instant::now();
                 let resp = http
@@ -118,6 +125,7 @@ async fn measure(
         watch
             .wait_for(succeeded, Duration::from_secs(30 + n as u64 / 10))
             .await?;
+        let cpu = meter.per_job(n);
         let done = watch.success_by_job();
         let mut e2e = Vec::with_capacity(n);
         for (id, at) in &sent {
@@ -131,22 +139,27 @@ async fn measure(
             Row::new("4 end to end", "raw submit → SUCCESS event")
                 .size(size.label)
                 .setting(format!(
-                    "offered {rate}/s ({} sent/s), {} consumers × prefetch {}, stubs 0 ms",
+                    "{rate}/s offered ({} sent), {} proc × prefetch {}, stubs 0 ms",
                     thousands(achieved),
                     h.plan.e2e_consumers,
                     h.plan.e2e_prefetch
                 ))
-                .result(format!("{n} jobs, max {}", e2e.map(|s| ms(s.max)).unwrap_or_default()))
+                .result(format!(
+                    "{n} jobs, max {}",
+                    e2e.map(|s| ms(s.max)).unwrap_or_default()
+                ))
                 .latency(e2e)
                 .ratio(match answer {
-                    Some(a) => format!("202 answer p50 {} p99 {}", ms(a.p50), ms(a.p99)),
+                    Some(a) => format!("202 in p50 {} p99 {}", ms(a.p50), ms(a.p99)),
                     None => String::new(),
-                }),
+                })
+                .cpu(cpu),
         );
         if rate == 100 || h.plan.e2e_rates.len() == 1 {
             report.verdict(
                 format!("end to end at {rate}/s: p99 submit→SUCCESS ≤ 50 ms + stub latency (0 ms)"),
-                e2e.map(|s| format!("p99 {}", ms(s.p99))).unwrap_or_default(),
+                e2e.map(|s| format!("p99 {}", ms(s.p99)))
+                    .unwrap_or_default(),
                 e2e.map(|s| s.p99 <= TARGET_P99),
             );
         }

@@ -82,11 +82,9 @@ impl EventWatch {
                 if let Ok(ev) = serde_json::from_slice::<Event<'_>>(&delivery.data) {
                     let mut seen = seen2.lock().unwrap_or_else(|p| p.into_inner());
                     match ev.status.as_ref() {
-                        "SUCCESS" => {
-                            if seen.success.insert(ev.job_id, now).is_none() {
-                                seen.order.push(now);
-                                tx.send_replace(seen.order.len());
-                            }
+                        "SUCCESS" if seen.success.insert(ev.job_id, now).is_none() => {
+                            seen.order.push(now);
+                            tx.send_replace(seen.order.len());
                         }
                         "FAILED" => seen.failed += 1,
                         _ => {}

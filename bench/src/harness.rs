@@ -2,6 +2,7 @@
 //! HTTP client, and starting the pieces of the pipeline (ingress and consumer processes
 //! from the release binaries, stubs in this process).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,6 +17,7 @@ use imagejobs_stubs::{StubConfig, Stubs};
 
 use crate::broker::{self, Deployment};
 use crate::config::BenchConfig;
+use crate::cpu::CpuMeter;
 use crate::plan::Plan;
 use crate::process::{eventually, free_port, Service};
 
@@ -28,6 +30,8 @@ pub struct Harness {
     pub conn: Connection,
     pub http: reqwest::Client,
     started: Instant,
+    /// Deployments not removed yet, to remove them if the run is interrupted.
+    deployments: Mutex<Vec<Deployment>>,
 }
 
 /// An ingress process and where it answers.
@@ -65,7 +69,36 @@ impl Harness {
             conn,
             http,
             started: Instant::now(),
+            deployments: Mutex::default(),
         })
+    }
+
+    /// A fresh deployment (prefix `bench-<label>-…`), remembered until [`Harness::remove`].
+    pub fn deployment(&self, label: &str) -> Deployment {
+        let d = Deployment::new(label);
+        self.deployments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(d.clone());
+        d
+    }
+
+    /// Deletes a deployment's queues and exchanges (stop its processes first).
+    pub async fn remove(&self, d: &Deployment) {
+        d.remove(&self.conn).await;
+        self.deployments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|x| x.prefix != d.prefix);
+    }
+
+    /// Removes what an interrupted run left behind.
+    pub async fn remove_leftovers(&self) {
+        let left = std::mem::take(&mut *self.deployments.lock().unwrap_or_else(|p| p.into_inner()));
+        for d in left {
+            eprintln!("removing {}", d.prefix);
+            d.remove(&self.conn).await;
+        }
     }
 
     /// Prints a progress line to stderr, with the time since the run started.
@@ -75,6 +108,18 @@ impl Harness {
 
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Starts a CPU meter over the broker, the given services (labelled), and this
+    /// process (labelled `bench`: load generator, stubs, events reader).
+    pub fn cpu_meter(&self, services: Vec<(&'static str, Vec<u32>)>) -> CpuMeter {
+        let mut groups = Vec::new();
+        if let Some(pid) = self.config.broker_pid {
+            groups.push(("broker", vec![pid]));
+        }
+        groups.extend(services);
+        groups.push(("bench", vec![std::process::id()]));
+        CpuMeter::start(groups)
     }
 
     /// A bearer token of `tenant` for the bench's ingresses.
@@ -111,7 +156,14 @@ impl Harness {
         args.extend(deployment.flags());
         let program = self.config.bin_dir.join("imagejobs-ingress");
         let env = [("JWT_SECRET", SECRET), ("RUST_LOG", "info")];
-        let mut service = Service::spawn(name, &program, &args, &env, &self.config.log_dir)?;
+        let mut service = Service::spawn(
+            name,
+            &program,
+            &args,
+            &env,
+            &self.config.log_dir,
+            self.config.perf,
+        )?;
         let url = format!("http://127.0.0.1:{port}");
         let ready = format!("{url}/readyz");
         let http = self.http.clone();
@@ -164,6 +216,7 @@ impl Harness {
                 &args,
                 &[("RUST_LOG", "info")],
                 &self.config.log_dir,
+                self.config.perf,
             )?);
         }
         let queue = deployment.topology.work_queue();

@@ -35,16 +35,18 @@ impl Image {
     /// A PNG of random RGB pixels of about `size.bytes` (random pixels do not compress,
     /// so the file is the pixels plus a little framing).
     pub fn generate(size: Size) -> anyhow::Result<Image> {
-        let pixels = (size.bytes.saturating_sub(200) / 3).max(1);
-        let width = (pixels as f64).sqrt().floor().max(1.0) as u32;
-        let height = (pixels as u32 / width).max(1);
-        let mut raw = vec![0u8; (width * height * 3) as usize];
-        rand::rng().fill_bytes(&mut raw);
-        let img = RgbImage::from_raw(width, height, raw).context("pixel buffer size")?;
-        let mut out = Cursor::new(Vec::with_capacity(size.bytes + 4096));
-        img.write_to(&mut out, ImageFormat::Png)
-            .context("encoding a PNG")?;
-        let png = Bytes::from(out.into_inner());
+        // Encode once with a guess of the framing, then again with the framing measured.
+        let mut framing = 100;
+        let mut png = Bytes::new();
+        for _ in 0..2 {
+            let wanted = (size.bytes.saturating_sub(framing) / 3).max(1);
+            let (encoded, pixels) = random_png(wanted)?;
+            png = encoded;
+            framing = png.len().saturating_sub(pixels * 3);
+            if png.len().abs_diff(size.bytes) * 50 < size.bytes {
+                break;
+            }
+        }
         anyhow::ensure!(
             imagejobs::sniff::image_mime(&png) == Some("image/png"),
             "the generated image does not sniff as PNG"
@@ -64,6 +66,19 @@ impl Image {
         });
         Bytes::from(body.to_string())
     }
+}
+
+/// A PNG of about `pixels` random RGB pixels, as square as can be, and its pixel count.
+fn random_png(pixels: usize) -> anyhow::Result<(Bytes, usize)> {
+    let width = (pixels as f64).sqrt().floor().max(1.0) as u32;
+    let height = (pixels as u32 / width).max(1);
+    let mut raw = vec![0u8; (width * height * 3) as usize];
+    rand::rng().fill_bytes(&mut raw);
+    let img = RgbImage::from_raw(width, height, raw).context("pixel buffer size")?;
+    let mut out = Cursor::new(Vec::with_capacity(pixels * 3 + 4096));
+    img.write_to(&mut out, ImageFormat::Png)
+        .context("encoding a PNG")?;
+    Ok((Bytes::from(out.into_inner()), (width * height) as usize))
 }
 
 /// Human-readable byte count (KiB/MiB), for labels and notes.
@@ -87,7 +102,7 @@ mod tests {
 
     #[test]
     fn images_come_close_to_their_size_and_decode() {
-        for bytes in [1024, 148_480] {
+        for bytes in [1024, 8 * 1024, 148_480, 2 * 1024 * 1024] {
             let img = Image::generate(Size::new("x", bytes)).expect("generates");
             let len = img.png.len() as f64;
             assert!(

@@ -50,6 +50,9 @@ mod tests {
         assert_eq!(s.max, Duration::from_millis(100));
         assert!(summarize(vec![]).is_none());
         let one = summarize(vec![Duration::from_millis(7)]).expect("one");
-        assert_eq!((one.p50, one.p99), (Duration::from_millis(7), Duration::from_millis(7)));
+        assert_eq!(
+            (one.p50, one.p99),
+            (Duration::from_millis(7), Duration::from_millis(7))
+        );
     }
 }

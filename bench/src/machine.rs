@@ -27,7 +27,13 @@ pub fn describe(config: &BenchConfig) -> String {
     format!(
         "{model}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}; RabbitMQ {}; {}; \
          broker, stubs, ingress, consumers and load generator all share these cores",
-        config.broker_version.as_deref().unwrap_or("(version unknown)"),
-        config.rustc_version.as_deref().unwrap_or("rustc (version unknown)"),
+        config
+            .broker_version
+            .as_deref()
+            .unwrap_or("(version unknown)"),
+        config
+            .rustc_version
+            .as_deref()
+            .unwrap_or("rustc (version unknown)"),
     )
 }

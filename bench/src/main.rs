@@ -8,6 +8,7 @@
 //!   [`events`]: a reader of the events stream that timestamps SUCCESS events.
 //! - The five parts: [`ceiling`], [`submit`] (the ingress), [`consumers`], [`endtoend`],
 //!   [`memory`].
+//! - [`cpu`]: CPU time per job of each process.
 //! - [`report`]: the table, the verdicts on the targets, `BENCHMARKS.md`; [`machine`]:
 //!   what it ran on.
 
@@ -15,6 +16,7 @@ mod broker;
 mod ceiling;
 mod config;
 mod consumers;
+mod cpu;
 mod endtoend;
 mod events;
 mod harness;
@@ -61,25 +63,77 @@ fn main() -> ExitCode {
     }
 }
 
+/// How to read the table; printed under it.
+const LEGEND: &str = "
+Ratios are to the ceiling of the same size measured in this run (publish ceiling for the \
+ingress, consume ceiling for the consumers). For the consumers at 20 ms, *expected* is \
+min(consume ceiling, processes × prefetch / 40 ms): a job makes two requests to the stubs \
+(blob PUT, worker POST answered with the result), each delayed 20 ms; where the pipeline's \
+best rate at 0 ms is lower than that, the ratio to min(bound, that rate) follows in \
+brackets. End-to-end latency \
+runs from sending the HTTP submit to the SUCCESS event reaching a reader of the events \
+stream (the bench's own, next to the ingress's index follower). CPU µs per job: CPU time \
+(user + system, from /proc) of each process during the measurement over the jobs done; \
+`bench` is this process (load generator, in-process stubs, events reader).
+";
+
 /// Runs every scenario asked for; `Ok(false)` when one of them failed.
 async fn run(config: BenchConfig) -> anyhow::Result<bool> {
-    let plan = if config.smoke {
+    let mut plan = if config.smoke {
         Plan::smoke()
     } else {
         Plan::full()
     };
-    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    if let Some(n) = config.publish_channels {
+        plan.publish_channels = n;
+    }
+    if let Some(mib) = config.publish_window_mib {
+        plan.publish_window_bytes = mib * 1024 * 1024;
+    }
+    if let Some(n) = config.ceiling_consumers {
+        plan.ceiling_consumers = n;
+    }
+    if let Some(n) = config.ingress_concurrency {
+        plan.ingress_concurrency = n;
+    }
+    if !config.consumer_run.is_empty() {
+        plan.consumer_runs = config.consumer_run.clone();
+    }
+    if let Some(n) = config.ceiling_prefetch {
+        plan.ceiling_prefetch = vec![n];
+    }
     let h = Harness::new(config.clone(), plan).await?;
+    // On Ctrl-C or SIGTERM: drop the scenarios (their child processes are killed with
+    // them), remove the deployments they left, and stop.
+    let stop = imagejobs::shutdown::on_signal();
+    let outcome = tokio::select! {
+        r = scenarios(&h, &config) => r,
+        _ = stop.cancelled() => {
+            eprintln!("interrupted; cleaning up");
+            h.remove_leftovers().await;
+            return Ok(false);
+        }
+    };
+    let _ = h.conn.close(200, "bye".into()).await;
+    outcome
+}
+
+/// The scenarios, the table, and `BENCHMARKS.md`.
+async fn scenarios(h: &Harness, config: &BenchConfig) -> anyhow::Result<bool> {
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     h.progress(format!(
         "imagejobs-bench{} against {}; child logs in {}",
         if config.smoke { " --smoke" } else { "" },
         broker::redact(&config.amqp_url),
         config.log_dir.display()
     ));
-    let mut report = Report::default();
+    let mut report = Report {
+        smoke: config.smoke,
+        ..Report::default()
+    };
 
     let ceiling = if config.runs(Scenario::Ceiling) {
-        match ceiling::run(&h, &mut report).await {
+        match ceiling::run(h, &mut report).await {
             Ok(c) => c,
             Err(e) => {
                 report.fail("ceiling", &e);
@@ -90,40 +144,45 @@ async fn run(config: BenchConfig) -> anyhow::Result<bool> {
         ceiling::Ceiling::default()
     };
     if config.runs(Scenario::Ingress) {
-        if let Err(e) = submit::run(&h, &ceiling, &mut report).await {
+        if let Err(e) = submit::run(h, &ceiling, &mut report).await {
             report.fail("ingress", &e);
         }
     }
     if config.runs(Scenario::Consumers) {
-        if let Err(e) = consumers::run(&h, &ceiling, &mut report).await {
+        if let Err(e) = consumers::run(h, &ceiling, &mut report).await {
             report.fail("consumers", &e);
         }
     }
     if config.runs(Scenario::E2e) {
-        if let Err(e) = endtoend::run(&h, &mut report).await {
+        if let Err(e) = endtoend::run(h, &mut report).await {
             report.fail("end to end", &e);
         }
     }
     if config.runs(Scenario::Memory) {
-        if let Err(e) = memory::run(&h, &mut report).await {
+        if let Err(e) = memory::run(h, &mut report).await {
             report.fail("memory", &e);
         }
     }
     let took = h.elapsed();
     h.progress("done");
-    let _ = h.conn.close(200, "bye".into()).await;
 
-    let machine = machine::describe(&config);
-    let command = config.command.clone().unwrap_or_else(|| {
-        std::env::args().collect::<Vec<_>>().join(" ")
-    });
+    let machine = machine::describe(config);
+    let command = config
+        .command
+        .clone()
+        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
     let mut section = String::new();
     section.push_str(&format!(
         "Run of {date} ({}; {:.0} s), command `{command}`.\n\nMachine: {machine}\n\n",
-        if config.smoke { "smoke run: the figures mean nothing" } else { "full run" },
+        if config.smoke {
+            "smoke run: the figures mean nothing"
+        } else {
+            "full run"
+        },
         took.as_secs_f64()
     ));
     section.push_str(&report.markdown());
+    section.push_str(LEGEND);
     println!("\n{section}");
     if let Some(path) = &config.write {
         report::write_section(path, &section)?;

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use imagejobs::job::{now_rfc3339, ClientId, JobId, Md5, StatusEvent, TenantId};
 
-use crate::broker::{self, Deployment, Outgoing};
+use crate::broker::{self, Outgoing};
 use crate::events::EventWatch;
 use crate::harness::{stop_all, Harness};
 use crate::image::{human_bytes, Image};
@@ -55,7 +55,7 @@ pub async fn run(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
 async fn index(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
     let jobs = h.plan.index_jobs;
     // Baseline: an ingress of an empty deployment, ready.
-    let empty = Deployment::new("mem-empty");
+    let empty = h.deployment("mem-empty");
     empty.declare(&h.conn).await?;
     let baseline = async {
         let ing = h
@@ -66,13 +66,15 @@ async fn index(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
         mem
     }
     .await;
-    empty.remove(&h.conn).await;
+    h.remove(&empty).await;
     let baseline = baseline?;
 
-    let d = Deployment::new("mem-index");
+    let d = h.deployment("mem-index");
     d.declare(&h.conn).await?;
     let result = async {
-        h.progress(format!("memory: feeding {jobs} SUCCESS events to the events stream"));
+        h.progress(format!(
+            "memory: feeding {jobs} SUCCESS events to the events stream"
+        ));
         let exchange = d.topology.events_exchange();
         let md5 = Md5::of(b"bench");
         let make = Arc::new(move |i: usize| {
@@ -133,7 +135,7 @@ async fn index(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
         anyhow::Ok((mem?, catch_up))
     }
     .await;
-    d.remove(&h.conn).await;
+    h.remove(&d).await;
     let (mem, catch_up) = result?;
 
     let grown = mem.rss.saturating_sub(baseline.rss) as f64;
@@ -142,25 +144,26 @@ async fn index(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
     let beyond = per_job - strings;
     let at_million = baseline.rss as f64 + per_job * 1e6;
     report.row(
-        Row::new("5 memory", "ingress RSS, empty index (baseline)")
+        Row::new("5 memory", "ingress RSS, empty index")
             .result(human_bytes(baseline.rss))
-            .setting("after /readyz"),
+            .setting("baseline, after /readyz"),
     );
     report.row(
-        Row::new("5 memory", format!("ingress RSS, {} jobs indexed", thousands(jobs as f64)))
-            .setting(format!(
-                "caught up in {:.1} s ({} events/s); VmHWM {}",
-                catch_up.as_secs_f64(),
-                thousands(jobs as f64 / catch_up.as_secs_f64()),
-                human_bytes(mem.hwm)
-            ))
-            .result(format!(
-                "{} = {:.0} B/job ({:.0} B/job beyond the {:.0}-byte result location)",
-                human_bytes(mem.rss),
-                per_job,
-                beyond,
-                strings
-            )),
+        Row::new(
+            "5 memory",
+            format!("ingress RSS, {} jobs indexed", thousands(jobs as f64)),
+        )
+        .setting(format!(
+            "ready in {:.1} s ({} events/s); VmHWM {}",
+            catch_up.as_secs_f64(),
+            thousands(jobs as f64 / catch_up.as_secs_f64()),
+            human_bytes(mem.hwm)
+        ))
+        .result(human_bytes(mem.rss))
+        .ratio(format!(
+            "{per_job:.0} B/job: {beyond:.0} + the {strings:.0}-byte result location; a record is {} B",
+            imagejobs::index::JobIndex::RECORD_BYTES
+        )),
     );
     report.verdict(
         "index ≤ 200 bytes per job beyond its strings",
@@ -184,7 +187,7 @@ async fn consumer(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
     let prefetch = h.plan.memory_prefetch;
     let count = usize::from(prefetch) * 3;
     let image = Image::generate(size)?;
-    let d = Deployment::new("mem-consumer");
+    let d = h.deployment("mem-consumer");
     d.declare(&h.conn).await?;
     // The stubs hold each job 2 × 20 ms, so that deliveries queue up to the prefetch.
     let stubs = h.start_stubs(Duration::from_millis(20), false).await?;
@@ -219,15 +222,22 @@ async fn consumer(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
     }
     .await;
     stubs.stop().await;
-    d.remove(&h.conn).await;
+    h.remove(&d).await;
     let (idle, mem) = result?;
     let held = u64::from(prefetch) * image.png.len() as u64;
     let grown = mem.hwm.saturating_sub(idle.rss);
     report.row(
-        Row::new("5 memory", "consumer VmHWM working through large images")
+        Row::new("5 memory", "consumer VmHWM, large images")
             .size(size.label)
-            .setting(format!("prefetch {prefetch}, {count} jobs, stubs 20 ms; idle RSS {}", human_bytes(idle.rss)))
-            .result(format!("{} (+{} over idle)", human_bytes(mem.hwm), human_bytes(grown)))
+            .setting(format!(
+                "prefetch {prefetch}, {count} jobs, stubs 20 ms; idle RSS {}",
+                human_bytes(idle.rss)
+            ))
+            .result(format!(
+                "{} (+{})",
+                human_bytes(mem.hwm),
+                human_bytes(grown)
+            ))
             .ratio(format!(
                 "{:.2} × prefetch × size ({})",
                 grown as f64 / held as f64,
@@ -236,7 +246,11 @@ async fn consumer(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
     );
     report.verdict(
         "consumer memory ≤ prefetch × message size + a small constant (32 MiB)",
-        format!("+{} over idle for {} held", human_bytes(grown), human_bytes(held)),
+        format!(
+            "+{} over idle for {} held",
+            human_bytes(grown),
+            human_bytes(held)
+        ),
         Some(grown <= held + CONSUMER_SLACK),
     );
     Ok(())

@@ -32,9 +32,13 @@ pub struct Plan {
     /// pre-filling queues.
     pub publish_channels: usize,
     pub publish_window_bytes: usize,
-    /// Consumers (channels) and prefetch of the raw consume ceiling.
+    /// Consumers (channels) of the raw consume ceiling, and the prefetch values it is
+    /// measured at (the consumer's default and the grid's largest); the ceiling is the
+    /// best of them.
     pub ceiling_consumers: usize,
-    pub ceiling_prefetch: u16,
+    pub ceiling_prefetch: Vec<u16>,
+    /// Repetitions of the ceiling; its figures are their medians.
+    pub ceiling_repeats: usize,
     /// Concurrent HTTP requests of the ingress load.
     pub ingress_concurrency: usize,
     /// The consumer grid, at the reference size.
@@ -84,9 +88,10 @@ impl Plan {
             min_count: 100,
             max_count: 20_000,
             publish_channels: 4,
-            publish_window_bytes: 32 * 1024 * 1024,
+            publish_window_bytes: 128 * 1024 * 1024,
             ceiling_consumers: 1,
-            ceiling_prefetch: 32,
+            ceiling_prefetch: vec![32, 128],
+            ceiling_repeats: 3,
             ingress_concurrency: 48,
             consumer_runs,
             e2e_rates: vec![100, 500],
@@ -112,7 +117,8 @@ impl Plan {
             publish_channels: 2,
             publish_window_bytes: 1024 * 1024,
             ceiling_consumers: 1,
-            ceiling_prefetch: 8,
+            ceiling_prefetch: vec![4, 8],
+            ceiling_repeats: 1,
             ingress_concurrency: 4,
             consumer_runs: vec![
                 run(1, 8, MS_0, false),

@@ -24,23 +24,27 @@ pub struct Service {
     child: Child,
     pid: u32,
     log: PathBuf,
+    /// `perf record` attached to the process, when profiling.
+    perf: Option<Child>,
 }
 
 impl Service {
     /// Starts `program` with `args` and `env`, its stdout and stderr going to
     /// `<log_dir>/<name>.log`.
+    /// With `perf`, a `perf record` samples it into `<log_dir>/<name>.perf.data`.
     pub fn spawn(
         name: &str,
         program: &Path,
         args: &[String],
         env: &[(&str, &str)],
         log_dir: &Path,
+        perf: bool,
     ) -> anyhow::Result<Service> {
         std::fs::create_dir_all(log_dir)
             .with_context(|| format!("creating {}", log_dir.display()))?;
         let log = log_dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log)
-            .with_context(|| format!("creating {}", log.display()))?;
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -58,12 +62,43 @@ impl Service {
             )
         })?;
         let pid = child.id().context("the child has no pid")?;
+        let perf = if perf {
+            let data = log_dir.join(format!("{name}.perf.data"));
+            let perf = Command::new("perf")
+                .args([
+                    "record",
+                    "-q",
+                    "-e",
+                    "cpu-clock",
+                    "-F",
+                    "1999",
+                    "--call-graph",
+                    "dwarf,16384",
+                    "-p",
+                ])
+                .arg(pid.to_string())
+                .arg("-o")
+                .arg(&data)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting perf record")?;
+            Some(perf)
+        } else {
+            None
+        };
         Ok(Service {
             name: name.to_owned(),
             child,
             pid,
             log,
+            perf,
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     pub fn name(&self) -> &str {
@@ -88,6 +123,20 @@ impl Service {
 
     /// SIGTERM, then up to `grace` for it to exit, then SIGKILL.
     pub async fn stop(mut self, grace: Duration) -> anyhow::Result<()> {
+        let stopped = self.terminate(grace).await;
+        if let Some(mut perf) = self.perf.take() {
+            // perf record ends by itself when the process it follows has exited.
+            if tokio::time::timeout(Duration::from_secs(60), perf.wait())
+                .await
+                .is_err()
+            {
+                let _ = perf.kill().await;
+            }
+        }
+        stopped
+    }
+
+    async fn terminate(&mut self, grace: Duration) -> anyhow::Result<()> {
         if self.child.try_wait()?.is_some() {
             return Ok(());
         }
@@ -132,7 +181,11 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, failing after `deadline`.
-pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+pub async fn eventually<T, F, Fut>(
+    deadline: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,

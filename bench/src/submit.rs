@@ -17,6 +17,7 @@ use crate::ceiling::{guess_rate, Ceiling};
 use crate::harness::{stop_all, Harness};
 use crate::image::Image;
 use crate::latency::{summarize, Summary};
+use crate::process::Service;
 use crate::report::{ratio, thousands, Report, Row};
 
 /// How a submit carries its image.
@@ -73,23 +74,27 @@ impl Load {
 }
 
 pub async fn run(h: &Harness, ceiling: &Ceiling, report: &mut Report) -> anyhow::Result<()> {
-    let d = Deployment::new("ingress");
+    let d = h.deployment("ingress");
     d.declare(&h.conn).await?;
-    let result = match h.start_ingress(&d, "ingress", Duration::from_secs(30)).await {
+    let result = match h
+        .start_ingress(&d, "ingress", Duration::from_secs(30))
+        .await
+    {
         Ok(ingress) => {
-            let r = measure(h, &d, &ingress.url, ceiling, report).await;
+            let r = measure(h, &d, &ingress.service, &ingress.url, ceiling, report).await;
             stop_all(vec![ingress.service], Duration::from_secs(10)).await;
             r
         }
         Err(e) => Err(e),
     };
-    d.remove(&h.conn).await;
+    h.remove(&d).await;
     result
 }
 
 async fn measure(
     h: &Harness,
     d: &Deployment,
+    ingress: &Service,
     url: &str,
     ceiling: &Ceiling,
     report: &mut Report,
@@ -110,7 +115,9 @@ async fn measure(
             ));
             // Warm-up: connections opened, caches and allocator settled; not counted.
             load(h, url, &token, &submit, conc, conc * 2).await?;
+            let meter = h.cpu_meter(vec![("ingress", vec![ingress.pid()])]);
             let result = load(h, url, &token, &submit, conc, count).await?;
+            let cpu = meter.per_job(result.accepted);
             broker::purge(&h.conn, &d.topology.work_queue()).await?;
             if result.accepted == 0 {
                 anyhow::bail!(
@@ -127,12 +134,13 @@ async fn measure(
                 ));
             }
             report.row(
-                Row::new("2 ingress", format!("HTTP submit → 202, {}", mode.label()))
+                Row::new("2 ingress", format!("submit {} → 202", mode.label()))
                     .size(size.label)
                     .setting(setting)
                     .result(format!("{} req/s", thousands(result.rate())))
                     .latency(result.latency)
-                    .ratio(ratio(result.rate(), publish, "publish ceiling")),
+                    .ratio(ratio(result.rate(), publish, "publish ceiling"))
+                    .cpu(cpu),
             );
             if size == plan.reference() {
                 let target = 0.6;
