@@ -49,7 +49,7 @@ impl AppState {
         AppState(Arc::new(shared))
     }
 
-    /// Publishes a job and its QUEUED event. `Ok` means the broker confirmed the job into
+    /// Publishes a job, then its QUEUED event. `Ok` means the broker confirmed the job into
     /// the durable work queue; the event is best effort (the job is safe without it and
     /// this replica's index has it either way).
     pub async fn enqueue(&self, meta: &JobMeta, body: &[u8]) -> Result<(), PublishError> {
@@ -67,18 +67,20 @@ impl AppState {
             )?;
         let event = StatusEvent::new(meta, Status::Queued);
         self.index.apply(&event);
+        // The 202 does not wait for this confirm: the job is safe without the event, and
+        // waiting would add a second broker round trip to every submit.
         match serde_json::to_vec(&event) {
             Ok(json) => {
-                let props = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2);
-                if let Err(e) = self
-                    .broker
-                    .publish(&topo.events_exchange(), "", &json, props)
-                    .await
-                {
-                    tracing::warn!(job_id = %meta.id, error = %e, "QUEUED event not published");
-                }
+                let (broker, id) = (self.broker.clone(), meta.id);
+                tokio::spawn(async move {
+                    let props = BasicProperties::default()
+                        .with_content_type("application/json".into())
+                        .with_delivery_mode(2);
+                    let exchange = broker.topology().events_exchange();
+                    if let Err(e) = broker.publish(&exchange, "", &json, props).await {
+                        tracing::warn!(job_id = %id, error = %e, "QUEUED event not published");
+                    }
+                });
             }
             Err(e) => tracing::error!(error = %e, "could not encode a status event"),
         }

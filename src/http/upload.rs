@@ -101,24 +101,30 @@ pub fn from_json(body: &[u8], max_image: usize) -> Result<Upload, ApiError> {
         })?),
     };
     let content = req.content.as_bytes();
-    // Wrapped base64 (as `base64` prints it) carries newlines; drop white space first.
-    let compact: Cow<'_, [u8]> = if content.iter().any(u8::is_ascii_whitespace) {
-        Cow::Owned(
-            content
+    if content.len() / 4 * 3 > max_image + max_image / 16 + 3 {
+        return Err(ApiError::TooLarge { limit: max_image });
+    }
+    // Wrapped base64 (as `base64` prints it) carries newlines: only when the plain decode
+    // fails is the content scanned and compacted, so the usual case pays for one pass.
+    let bytes = match BASE64.decode(content) {
+        Ok(bytes) => bytes,
+        Err(first) => {
+            if !content.iter().any(u8::is_ascii_whitespace) {
+                return Err(ApiError::bad_request(
+                    "invalid base64 content",
+                    first.to_string(),
+                ));
+            }
+            let compact: Vec<u8> = content
                 .iter()
                 .copied()
                 .filter(|b| !b.is_ascii_whitespace())
-                .collect(),
-        )
-    } else {
-        Cow::Borrowed(content)
+                .collect();
+            BASE64
+                .decode(&compact)
+                .map_err(|e| ApiError::bad_request("invalid base64 content", e.to_string()))?
+        }
     };
-    if compact.len() / 4 * 3 > max_image + 3 {
-        return Err(ApiError::TooLarge { limit: max_image });
-    }
-    let bytes = BASE64
-        .decode(&compact)
-        .map_err(|e| ApiError::bad_request("invalid base64 content", e.to_string()))?;
     if bytes.len() > max_image {
         return Err(ApiError::TooLarge { limit: max_image });
     }

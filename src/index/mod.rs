@@ -7,11 +7,11 @@
 //! an ingress holds every job of the stream's retention window.
 
 mod follow;
+mod location;
 
 pub use follow::follow;
 
 use std::collections::HashMap;
-use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -32,20 +32,42 @@ const CONTENT_TYPES: [&str; 6] = [
     "image/tiff",
 ];
 
+/// One job, in 72 bytes (88 with its key) plus, rarely, a string.
 #[derive(Clone, Debug)]
 struct Record {
     tenant_id: i64,
     client_id: i64,
     created_ms: u64,
-    updated_ms: u64,
-    payload_size: Option<NonZeroU64>,
-    payload_location: Option<Box<str>>,
-    error: Option<Box<str>>,
-    md5: Option<Md5>,
-    attempt: u32,
+    /// `updated - created`, in ms (saturating at about 49 days).
+    updated_delta_ms: u32,
+    /// 0 = unknown.
+    payload_size: u32,
+    /// The error, or a location of no known pattern (see `flags`).
+    text: Option<Box<str>>,
+    md5: [u8; 16],
+    attempt: u16,
+    /// 0 = none, else a pattern number of `location::Patterns`.
+    location: u16,
     status: Status,
     /// 0 = unknown, else 1 + index into `CONTENT_TYPES`.
     content_type: u8,
+    flags: u8,
+}
+
+const HAS_MD5: u8 = 1;
+const TEXT_IS_ERROR: u8 = 2;
+const TEXT_IS_LOCATION: u8 = 4;
+
+impl Record {
+    fn updated_ms(&self) -> u64 {
+        self.created_ms + u64::from(self.updated_delta_ms)
+    }
+
+    fn set_times(&mut self, created_ms: u64, updated_ms: u64) {
+        self.created_ms = created_ms;
+        self.updated_delta_ms =
+            u32::try_from(updated_ms.saturating_sub(created_ms)).unwrap_or(u32::MAX);
+    }
 }
 
 /// A job as the API shows it (DESIGN §3); absent values are omitted.
@@ -78,6 +100,7 @@ pub struct JobIndex {
 
 struct Inner {
     shards: Vec<RwLock<HashMap<JobId, Record>>>,
+    locations: location::Patterns,
     caught_up: AtomicBool,
 }
 
@@ -112,6 +135,7 @@ impl JobIndex {
         JobIndex {
             inner: Arc::new(Inner {
                 shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+                locations: location::Patterns::default(),
                 caught_up: AtomicBool::new(false),
             }),
         }
@@ -133,6 +157,11 @@ impl JobIndex {
             .as_deref()
             .and_then(|c| CONTENT_TYPES.iter().position(|k| *k == c))
             .map_or(0, |i| i as u8 + 1);
+        // Patterns are looked up before the shard is locked: two locks, never nested.
+        let location = ev
+            .payload_location
+            .as_deref()
+            .map(|l| self.inner.locations.store(ev.job_id, l));
         let mut shard = self
             .shard(ev.job_id)
             .write()
@@ -141,14 +170,15 @@ impl JobIndex {
             tenant_id: ev.tenant_id.0,
             client_id: ev.client_id.0,
             created_ms: at,
-            updated_ms: at,
-            payload_size: None,
-            payload_location: None,
-            error: None,
-            md5: None,
+            updated_delta_ms: 0,
+            payload_size: 0,
+            text: None,
+            md5: [0; 16],
             attempt: 0,
+            location: 0,
             status,
             content_type: 0,
+            flags: 0,
         });
         if rec.tenant_id != ev.tenant_id.0 {
             // A job never changes tenant; such an event is not about this job.
@@ -156,28 +186,53 @@ impl JobIndex {
         }
         let mut changed = false;
         // Facts about the image: fill in whatever is still unknown, from any event.
-        if rec.md5.is_none() && ev.md5.is_some() {
-            rec.md5 = ev.md5;
-            changed = true;
+        if rec.flags & HAS_MD5 == 0 {
+            if let Some(md5) = ev.md5 {
+                rec.md5 = md5.0;
+                rec.flags |= HAS_MD5;
+                changed = true;
+            }
         }
         if rec.content_type == 0 && content_type != 0 {
             rec.content_type = content_type;
             changed = true;
         }
-        if rec.payload_size.is_none() {
-            if let Some(size) = ev.payload_size.and_then(NonZeroU64::new) {
-                rec.payload_size = Some(size);
-                changed = true;
+        if rec.payload_size == 0 {
+            if let Some(size) = ev.payload_size.and_then(|s| u32::try_from(s).ok()) {
+                rec.payload_size = size;
+                changed |= size != 0;
             }
         }
-        rec.created_ms = rec.created_ms.min(at);
-        if rec.attempt == 0 || supersedes(ev.attempt, status, rec.attempt, rec.status) {
-            rec.attempt = ev.attempt.max(1);
+        let updated = rec.updated_ms();
+        rec.set_times(rec.created_ms.min(at), updated);
+        if rec.attempt == 0 || supersedes(ev.attempt, status, u32::from(rec.attempt), rec.status) {
+            rec.attempt = u16::try_from(ev.attempt.max(1)).unwrap_or(u16::MAX);
             rec.status = status;
-            rec.updated_ms = rec.updated_ms.max(at);
-            rec.error = ev.error.as_deref().map(Box::from);
-            if let Some(loc) = &ev.payload_location {
-                rec.payload_location = Some(loc.as_str().into());
+            rec.set_times(rec.created_ms, updated.max(at));
+            // The error belongs to this status; a location stays until a new one comes.
+            if rec.flags & TEXT_IS_ERROR != 0 {
+                rec.text = None;
+                rec.flags &= !TEXT_IS_ERROR;
+            }
+            match location {
+                Some(location::Stored::Pattern(n)) => {
+                    rec.location = n;
+                    if rec.flags & TEXT_IS_LOCATION != 0 {
+                        rec.text = None;
+                        rec.flags &= !TEXT_IS_LOCATION;
+                    }
+                }
+                Some(location::Stored::Text(t)) => {
+                    rec.location = 0;
+                    rec.text = Some(t);
+                    rec.flags = (rec.flags & !TEXT_IS_ERROR) | TEXT_IS_LOCATION;
+                }
+                None => {}
+            }
+            if let Some(error) = ev.error.as_deref() {
+                // One string slot: an error displaces a location of no known pattern.
+                rec.text = Some(error.into());
+                rec.flags = (rec.flags & !TEXT_IS_LOCATION) | TEXT_IS_ERROR;
             }
             changed = true;
         }
@@ -187,22 +242,31 @@ impl JobIndex {
     pub fn get(&self, id: JobId) -> Option<JobView> {
         let shard = self.shard(id).read().unwrap_or_else(|p| p.into_inner());
         let r = shard.get(&id)?;
+        let text = |flag: u8| {
+            (r.flags & flag != 0)
+                .then(|| r.text.as_deref().map(str::to_owned))
+                .flatten()
+        };
+        let payload_location = match r.location {
+            0 => text(TEXT_IS_LOCATION),
+            n => self.inner.locations.load(id, n),
+        };
         Some(JobView {
             id,
             tenant_id: TenantId(r.tenant_id),
             client_id: ClientId(r.client_id),
             status: r.status,
-            payload_location: r.payload_location.as_deref().map(str::to_owned),
-            payload_size: r.payload_size.map(NonZeroU64::get),
+            payload_location,
+            payload_size: (r.payload_size != 0).then_some(u64::from(r.payload_size)),
             content_type: r
                 .content_type
                 .checked_sub(1)
                 .map(|i| CONTENT_TYPES[i as usize]),
-            md5: r.md5,
-            attempts: r.attempt,
-            error: r.error.as_deref().map(str::to_owned),
+            md5: (r.flags & HAS_MD5 != 0).then_some(Md5(r.md5)),
+            attempts: u32::from(r.attempt),
+            error: text(TEXT_IS_ERROR),
             created_at: rfc3339_of(r.created_ms),
-            updated_at: rfc3339_of(r.updated_ms),
+            updated_at: rfc3339_of(r.updated_ms()),
         })
     }
 
@@ -216,7 +280,7 @@ impl JobIndex {
         for shard in &self.inner.shards {
             let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
             let before = shard.len();
-            shard.retain(|_, r| r.updated_ms >= cutoff_ms);
+            shard.retain(|_, r| r.updated_ms() >= cutoff_ms);
             evicted += before - shard.len();
         }
         evicted
@@ -314,6 +378,42 @@ mod tests {
     }
 
     #[test]
+    fn errors_and_locations_share_one_slot_sensibly() {
+        let idx = JobIndex::new();
+        let id = JobId::new();
+        let mut retry = ev(id, Status::Retrying, 1);
+        retry.error = Some("blob upload: HTTP 503".into());
+        idx.apply(&retry);
+        assert_eq!(
+            idx.get(id).unwrap().error.as_deref(),
+            Some("blob upload: HTTP 503")
+        );
+        let mut done = ev(id, Status::Success, 2);
+        done.payload_location = Some(format!("http://blob/api/v1/blob/{id}.thumb"));
+        idx.apply(&done);
+        let v = idx.get(id).unwrap();
+        assert_eq!(v.error, None, "the error was the earlier attempt's");
+        assert_eq!(v.payload_location, done.payload_location);
+        let mut other = ev(id, Status::Running, 3);
+        other.payload_location = Some("s3://bucket/key".into());
+        idx.apply(&other);
+        assert_eq!(
+            idx.get(id).unwrap().payload_location.as_deref(),
+            Some("s3://bucket/key")
+        );
+        let mut failed = ev(id, Status::Failed, 3);
+        failed.error = Some("worker: FAILED".into());
+        idx.apply(&failed);
+        let v = idx.get(id).unwrap();
+        assert_eq!(
+            (v.status, v.error.as_deref()),
+            (Status::Failed, Some("worker: FAILED"))
+        );
+        assert_eq!(v.md5, Some(Md5::of(b"x")));
+        assert_eq!(v.attempts, 3);
+    }
+
+    #[test]
     fn higher_attempt_wins() {
         let idx = JobIndex::new();
         let id = JobId::new();
@@ -354,7 +454,7 @@ mod tests {
         );
         assert_eq!(idx.len(), 1);
         let record = JobIndex::RECORD_BYTES;
-        assert!(record <= 120, "record is {record} bytes");
+        assert!(record <= 88, "record is {record} bytes");
         assert_eq!(parse_max_age("7D"), Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_max_age("12h"), Some(Duration::from_secs(12 * 3600)));
         assert_eq!(parse_max_age("x"), None);

@@ -1,0 +1,89 @@
+//! Result locations, kept without a string per job.
+//!
+//! A blob service names results after the job, so nearly every location is
+//! `{prefix}{job id}{suffix}` with one of a handful of prefixes and suffixes
+//! (`http://blob/api/v1/blob/` and `.thumb`, say). The index keeps each such
+//! (prefix, suffix) pattern once and a two-byte number per job; a location of any other
+//! shape is kept as a string.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use crate::job::JobId;
+
+/// How one job's location is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Pattern number (1-based) of `{prefix}{job id}{suffix}`.
+    Pattern(u16),
+    /// Any other location, whole.
+    Text(Box<str>),
+}
+
+/// The patterns seen so far; bounded, since the number is a `u16`.
+#[derive(Default)]
+pub struct Patterns {
+    by_parts: RwLock<(
+        HashMap<(Box<str>, Box<str>), u16>,
+        Vec<(Box<str>, Box<str>)>,
+    )>,
+}
+
+impl Patterns {
+    pub fn store(&self, id: JobId, location: &str) -> Stored {
+        let id_text = id.to_string();
+        let Some(at) = location.find(&id_text) else {
+            return Stored::Text(location.into());
+        };
+        let (prefix, suffix) = (&location[..at], &location[at + id_text.len()..]);
+        {
+            let map = self.by_parts.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(&n) = map.0.get(&(Box::from(prefix), Box::from(suffix))) {
+                return Stored::Pattern(n);
+            }
+        }
+        let mut map = self.by_parts.write().unwrap_or_else(|p| p.into_inner());
+        let key: (Box<str>, Box<str>) = (prefix.into(), suffix.into());
+        if let Some(&n) = map.0.get(&key) {
+            return Stored::Pattern(n);
+        }
+        let Ok(n) = u16::try_from(map.1.len() + 1) else {
+            return Stored::Text(location.into());
+        };
+        map.1.push(key.clone());
+        map.0.insert(key, n);
+        Stored::Pattern(n)
+    }
+
+    pub fn load(&self, id: JobId, n: u16) -> Option<String> {
+        let map = self.by_parts.read().unwrap_or_else(|p| p.into_inner());
+        let (prefix, suffix) = map.1.get(usize::from(n).checked_sub(1)?)?;
+        Some(format!("{prefix}{id}{suffix}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_shapes_become_numbers() {
+        let p = Patterns::default();
+        let (a, b) = (JobId::new(), JobId::new());
+        let sa = p.store(a, &format!("http://blob/api/v1/blob/{a}.thumb"));
+        let sb = p.store(b, &format!("http://blob/api/v1/blob/{b}.thumb"));
+        assert_eq!(sa, sb);
+        let Stored::Pattern(n) = sa else {
+            panic!("pattern expected")
+        };
+        assert_eq!(
+            p.load(a, n).unwrap(),
+            format!("http://blob/api/v1/blob/{a}.thumb")
+        );
+        assert_eq!(
+            p.store(a, "s3://bucket/other"),
+            Stored::Text("s3://bucket/other".into())
+        );
+        assert_eq!(p.load(a, 0), None);
+    }
+}
