@@ -20,13 +20,13 @@ pub enum Stored {
     Text(Box<str>),
 }
 
-/// The patterns seen so far; bounded, since the number is a `u16`.
+/// A location split around the job id.
+type Parts = (Box<str>, Box<str>);
+
+/// The patterns seen so far, both ways; bounded, since the number is a `u16`.
 #[derive(Default)]
 pub struct Patterns {
-    by_parts: RwLock<(
-        HashMap<(Box<str>, Box<str>), u16>,
-        Vec<(Box<str>, Box<str>)>,
-    )>,
+    by_parts: RwLock<(HashMap<Parts, u16>, Vec<Parts>)>,
 }
 
 impl Patterns {
@@ -43,7 +43,7 @@ impl Patterns {
             }
         }
         let mut map = self.by_parts.write().unwrap_or_else(|p| p.into_inner());
-        let key: (Box<str>, Box<str>) = (prefix.into(), suffix.into());
+        let key: Parts = (prefix.into(), suffix.into());
         if let Some(&n) = map.0.get(&key) {
             return Stored::Pattern(n);
         }
