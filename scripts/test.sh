@@ -19,3 +19,7 @@ export AMQP_URL
 # The end-to-end tests run the consumer binary as a child process (to SIGKILL it).
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
+
+# The benchmark tool, in its tiny smoke form: it checks that the tool works, not how fast.
+./scripts/bench.sh --smoke > target/bench-smoke.log 2>&1 || { tail -n 40 target/bench-smoke.log; exit 1; }
+echo "benchmark smoke run: ok (target/bench-smoke.log)"
