@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, Parser};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::auth::Verifier;
 use crate::broker::{Broker, BrokerConfig};
@@ -92,6 +92,9 @@ pub struct Ingress {
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
+    /// Stops the broker connection (and the index follower) when dropped: after serving,
+    /// or with an ingress that never served.
+    broker_guard: DropGuard,
 }
 
 impl Ingress {
@@ -102,19 +105,26 @@ impl Ingress {
             config.jwt_audience.as_deref(),
             config.jwt_require_exp,
         );
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         let topology = Topology::new(&config.broker.topology);
         let mut broker_config =
             BrokerConfig::new(&config.broker.amqp_url, "imagejobs-ingress", topology);
         broker_config.channels = config.amqp_channels;
         broker_config.publish_timeout = Duration::from_millis(config.publish_timeout_ms);
-        let broker = Broker::start(broker_config, shutdown.clone());
+        // The connection outlives the HTTP server's drain: submits in flight at shutdown
+        // still get their confirms. It closes when `run_until_stopped` returns.
+        let broker_stop = CancellationToken::new();
+        let broker = Broker::start(broker_config, broker_stop.clone());
         let index = JobIndex::new();
         let max_age = index::parse_max_age(&config.broker.topology.events_max_age);
         tokio::spawn(index::follow(
             broker.clone(),
             index.clone(),
             max_age,
-            shutdown.clone(),
+            broker_stop.clone(),
         ));
         let state = AppState::new(Shared {
             broker,
@@ -124,14 +134,11 @@ impl Ingress {
             idempotency: IdempotencyCache::new(Duration::from_secs(24 * 3600), 1_000_000),
             index,
         });
-        let addr = SocketAddr::new(config.host, config.port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
         Ok(Ingress {
             listener,
             state,
             shutdown,
+            broker_guard: broker_stop.drop_guard(),
         })
     }
 
@@ -147,10 +154,17 @@ impl Ingress {
 
     /// Serves until the shutdown token is cancelled, then finishes in-flight requests.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let app = http::router(self.state);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(self.shutdown.cancelled_owned())
+        let Ingress {
+            listener,
+            state,
+            shutdown,
+            broker_guard,
+        } = self;
+        let served = axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
-            .context("serving HTTP")
+            .context("serving HTTP");
+        drop(broker_guard);
+        served
     }
 }

@@ -67,20 +67,17 @@ impl AppState {
             )?;
         let event = StatusEvent::new(meta, Status::Queued);
         self.index.apply(&event);
-        // The 202 does not wait for this confirm: the job is safe without the event, and
-        // waiting would add a second broker round trip to every submit.
+        // The 202 waits for this confirm too (a replica restarted right after the 202 must
+        // find the job in the stream), but a failure only costs the event, not the job.
         match serde_json::to_vec(&event) {
             Ok(json) => {
-                let (broker, id) = (self.broker.clone(), meta.id);
-                tokio::spawn(async move {
-                    let props = BasicProperties::default()
-                        .with_content_type("application/json".into())
-                        .with_delivery_mode(2);
-                    let exchange = broker.topology().events_exchange();
-                    if let Err(e) = broker.publish(&exchange, "", &json, props).await {
-                        tracing::warn!(job_id = %id, error = %e, "QUEUED event not published");
-                    }
-                });
+                let props = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2);
+                let exchange = topo.events_exchange();
+                if let Err(e) = self.broker.publish(&exchange, "", &json, props).await {
+                    tracing::warn!(job_id = %meta.id, error = %e, "QUEUED event not published");
+                }
             }
             Err(e) => tracing::error!(error = %e, "could not encode a status event"),
         }
