@@ -18,8 +18,8 @@ if ./rabbitmq/node.sh status >/dev/null 2>&1; then broker_was_up=1; fi
 . rabbitmq/.node/env
 export AMQP_URL
 
-echo "building (release)..."
-cargo build --release -q -p imagejobs -p imagejobs-consumer -p imagejobs-stubs
+echo "building the release binaries (the first time takes a few minutes)..."
+cargo build --release -p imagejobs -p imagejobs-consumer -p imagejobs-stubs
 bin=$root/target/release
 
 mkdir -p .run
