@@ -62,8 +62,8 @@ pub async fn submit(
         return Err(ApiError::TooLarge { limit: max });
     }
     let bytes = read_body(body, limit, max).await?;
-    let upload = match kind {
-        BodyKind::Json => upload::from_json(&bytes, max)?,
+    let upload = match kind.resolve(&bytes) {
+        BodyKind::Json | BodyKind::Sniff => upload::from_json(&bytes, max)?,
         BodyKind::Raw => {
             let md5 = headers
                 .get("content-md5")

@@ -33,12 +33,15 @@ pub struct Upload {
 pub enum BodyKind {
     Json,
     Raw,
+    /// No useful type (none, `application/octet-stream`, or the form type curl sends by
+    /// default with `--data-binary`): an image is taken raw, anything else as JSON.
+    Sniff,
 }
 
 impl BodyKind {
     pub fn of(content_type: Option<&str>) -> Result<Self, ApiError> {
         let Some(ct) = content_type else {
-            return Ok(BodyKind::Json);
+            return Ok(BodyKind::Sniff);
         };
         let essence = ct
             .split(';')
@@ -50,6 +53,10 @@ impl BodyKind {
             Ok(BodyKind::Json)
         } else if essence.starts_with("image/") {
             Ok(BodyKind::Raw)
+        } else if essence == "application/octet-stream"
+            || essence == "application/x-www-form-urlencoded"
+        {
+            Ok(BodyKind::Sniff)
         } else {
             Err(ApiError::Unsupported(format!(
                 "Content-Type {essence:?} is neither application/json nor image/*"
@@ -62,7 +69,16 @@ impl BodyKind {
         match self {
             BodyKind::Raw => max_image,
             // base64 is 4/3 of the bytes, plus room for the other fields and whitespace.
-            BodyKind::Json => max_image / 3 * 4 + max_image / 64 + 4096,
+            BodyKind::Json | BodyKind::Sniff => max_image / 3 * 4 + max_image / 64 + 4096,
+        }
+    }
+
+    /// What a `Sniff` body turns out to be.
+    pub fn resolve(self, body: &[u8]) -> Self {
+        match self {
+            BodyKind::Sniff if sniff::image_mime(body).is_some() => BodyKind::Raw,
+            BodyKind::Sniff => BodyKind::Json,
+            other => other,
         }
     }
 }
@@ -291,7 +307,10 @@ mod tests {
 
     #[test]
     fn body_kinds() {
-        assert_eq!(BodyKind::of(None).unwrap(), BodyKind::Json);
+        assert_eq!(BodyKind::of(None).unwrap(), BodyKind::Sniff);
+        let form = BodyKind::of(Some("application/x-www-form-urlencoded")).unwrap();
+        assert_eq!(form.resolve(PNG), BodyKind::Raw);
+        assert_eq!(form.resolve(b"{\"content\":\"\"}"), BodyKind::Json);
         assert_eq!(
             BodyKind::of(Some("application/json; charset=utf-8")).unwrap(),
             BodyKind::Json

@@ -507,3 +507,49 @@ async fn the_ingress_refuses_to_start_without_a_secret() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn bodies_without_a_useful_content_type_are_sniffed() {
+    let p = prefix();
+    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let img = png(8, 8);
+    let url = format!("{}/api/v1/job", ing.url);
+    // What `curl --data-binary @x.png` sends without -H, and no type at all.
+    for ct in [
+        Some("application/x-www-form-urlencoded"),
+        Some("application/octet-stream"),
+        None,
+    ] {
+        let mut req = ing
+            .http
+            .post(&url)
+            .bearer_auth(token(1, 1))
+            .body(img.clone());
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 202, "{ct:?}");
+    }
+    let json = json!({"encoding": "base64", "content": b64(&img)}).to_string();
+    let resp = ing
+        .http
+        .post(&url)
+        .bearer_auth(token(1, 1))
+        .body(json)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "JSON without a type");
+    let resp = ing
+        .http
+        .post(&url)
+        .bearer_auth(token(1, 1))
+        .header("content-type", "application/octet-stream")
+        .body("plain text")
+        .send()
+        .await
+        .unwrap();
+    error_of(resp, 400).await;
+    ing.stop().await;
+    cleanup(&p).await;
+}
