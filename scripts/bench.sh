@@ -17,18 +17,8 @@ done
 
 cargo build --release --workspace --bins
 
-started_here=0
-if ! ./rabbitmq/node.sh status >/dev/null 2>&1; then
-  ./rabbitmq/node.sh start
-  started_here=1
-fi
-cleanup() {
-  if [ "$started_here" = 1 ]; then ./rabbitmq/node.sh stop || true; fi
-}
-trap cleanup EXIT
-# shellcheck disable=SC1091
-. rabbitmq/.node/env
-export AMQP_URL
+# shellcheck source=scripts/broker.sh
+. scripts/broker.sh
 
 BENCH_BROKER_VERSION=$(./rabbitmq/node.sh ctl version 2>/dev/null | tail -n 1 || true)
 BENCH_RUSTC_VERSION=$(rustc --version 2>/dev/null || true)
@@ -44,5 +34,5 @@ fi
 export BENCH_BROKER_VERSION BENCH_RUSTC_VERSION BENCH_COMMAND
 [ -n "$BENCH_BROKER_PID" ] && export BENCH_BROKER_PID
 
-# Not `exec`: the trap above must still stop a node this script started.
+# Not `exec`: the EXIT trap of scripts/broker.sh must still stop a node this script started.
 ./target/release/imagejobs-bench "${write[@]}" "$@"

@@ -3,18 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-started_here=0
-if ! ./rabbitmq/node.sh status >/dev/null 2>&1; then
-  ./rabbitmq/node.sh start
-  started_here=1
-fi
-cleanup() {
-  if [ "$started_here" = 1 ]; then ./rabbitmq/node.sh stop || true; fi
-}
-trap cleanup EXIT
-# shellcheck disable=SC1091
-. rabbitmq/.node/env
-export AMQP_URL
+# shellcheck source=scripts/broker.sh
+. scripts/broker.sh
 
 # The end-to-end tests run the consumer binary as a child process (to SIGKILL it).
 cargo build --workspace --bins
