@@ -23,6 +23,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::job::StatusEvent;
 use crate::topology::Topology;
 
 /// How to reach the broker and how to publish on it.
@@ -67,6 +68,8 @@ pub enum PublishError {
     Timeout(Duration),
     #[error("broker channel error: {0}")]
     Channel(#[from] lapin::Error),
+    #[error("could not encode the message: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// A live connection with its channel pool. Cloned as `Arc`; dropped with the connection.
@@ -210,6 +213,19 @@ impl Broker {
             // Every pooled channel is in confirm mode; this would be a bug in the pool.
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Unavailable),
         }
+    }
+}
+
+impl Broker {
+    /// Publishes a status event (JSON, persistent) to the events exchange and waits for
+    /// its confirm: the one way every process reports a status.
+    pub async fn publish_event(&self, event: &StatusEvent) -> Result<(), PublishError> {
+        let json = serde_json::to_vec(event)?;
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        let exchange = self.config.topology.events_exchange();
+        self.publish(&exchange, "", &json, props).await
     }
 }
 

@@ -167,13 +167,7 @@ async fn dead_letter(
 }
 
 async fn publish_event(ctx: &Context, event: StatusEvent) -> Result<(), PublishError> {
-    let json = serde_json::to_vec(&event).map_err(|_| PublishError::Unavailable)?;
-    let props = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2);
-    ctx.broker
-        .publish(&ctx.broker.topology().events_exchange(), "", &json, props)
-        .await
+    ctx.broker.publish_event(&event).await
 }
 
 /// The message's headers with `name` set, and without the broker's delivery count (a

@@ -11,7 +11,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use lapin::BasicProperties;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Verifier;
@@ -69,17 +68,8 @@ impl AppState {
         self.index.apply(&event);
         // The 202 waits for this confirm too (a replica restarted right after the 202 must
         // find the job in the stream), but a failure only costs the event, not the job.
-        match serde_json::to_vec(&event) {
-            Ok(json) => {
-                let props = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2);
-                let exchange = topo.events_exchange();
-                if let Err(e) = self.broker.publish(&exchange, "", &json, props).await {
-                    tracing::warn!(job_id = %meta.id, error = %e, "QUEUED event not published");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "could not encode a status event"),
+        if let Err(e) = self.broker.publish_event(&event).await {
+            tracing::warn!(job_id = %meta.id, error = %e, "QUEUED event not published");
         }
         tracing::debug!(job_id = %meta.id, tenant_id = meta.tenant_id.0, size = body.len(), "job queued");
         Ok(())

@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::BasicProperties;
 use tokio_util::sync::CancellationToken;
 
 use super::JobIndex;
@@ -107,11 +106,7 @@ async fn follow_once(
             next_attempt_at: None,
             at: now_rfc3339(),
         };
-        let body = serde_json::to_vec(&ev)?;
-        let props = BasicProperties::default().with_content_type("application/json".into());
-        broker
-            .publish(&topo.events_exchange(), "", &body, props)
-            .await?;
+        broker.publish_event(&ev).await?;
     }
 
     let mut since_ack = 0u64;

@@ -215,6 +215,26 @@ async fn a_worker_failure_is_a_result_not_a_dead_letter() {
     cleanup(&p).await;
 }
 
+/// Publishes a job as a direct publisher would (DESIGN §4) and waits for the confirm.
+async fn publish_job(
+    ch: &lapin::Channel,
+    topo: &imagejobs::topology::Topology,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    ch.basic_publish(
+        topo.jobs_exchange().as_str().into(),
+        "submit".into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
 fn job_props(id: Option<&str>, tenant: Option<AMQPValue>, md5: Option<&str>) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(t) = tenant {
@@ -294,17 +314,7 @@ async fn invalid_messages_go_to_the_dead_queue_with_a_reason() {
         ),
     ];
     for (props, body, _) in &cases {
-        ch.basic_publish(
-            topo.jobs_exchange().as_str().into(),
-            "submit".into(),
-            BasicPublishOptions::default(),
-            body,
-            props.clone(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_job(&ch, &topo, body, props.clone()).await;
     }
     let mut reasons = vec![];
     for _ in &cases {
@@ -351,17 +361,7 @@ async fn a_direct_publish_is_processed_like_an_http_submit() {
         Some(&Md5::of(&img).to_string()),
     )
     .with_content_type("image/png".into());
-    ch.basic_publish(
-        topo.jobs_exchange().as_str().into(),
-        "submit".into(),
-        BasicPublishOptions::default(),
-        &img,
-        props,
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    publish_job(&ch, &topo, &img, props).await;
     let job = wait_terminal(&ing, &id, 77, T).await;
     assert_eq!(job["status"], "SUCCESS");
     assert_eq!(job["tenant_id"], 77);
@@ -389,17 +389,7 @@ async fn a_direct_publish_is_processed_like_an_http_submit() {
         AMQPValue::LongString(LongString::from(stored.as_str())),
     );
     props = props.with_headers(headers);
-    ch.basic_publish(
-        topo.jobs_exchange().as_str().into(),
-        "submit".into(),
-        BasicPublishOptions::default(),
-        &[],
-        props,
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    publish_job(&ch, &topo, &[], props).await;
     let job = wait_terminal(&ing, &id2, 77, T).await;
     assert_eq!(job["status"], "SUCCESS", "{job}");
     assert_eq!(
