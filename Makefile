@@ -19,9 +19,8 @@ run: ## start the whole pipeline on this machine (installs RabbitMQ if missing)
 test: ## run every test against a private RabbitMQ node it starts and stops
 	@./scripts/test.sh
 
-lint: ## cargo fmt --check and clippy with warnings as errors
-	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+lint: ## cargo fmt --check, clippy with warnings as errors, shellcheck on every script
+	@./scripts/lint.sh
 
 build: ## release build of every binary
 	$(CARGO) build --release --workspace --bins

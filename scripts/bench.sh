@@ -15,7 +15,15 @@ for arg in "$@"; do
   [ "$arg" = --smoke ] && smoke=1
 done
 
-cargo build --release --workspace --bins
+# The smoke run uses the development build that `make test` made anyway (it checks that
+# the tool works, not how fast); a real run measures release binaries.
+if [ "$smoke" = 1 ]; then
+  profile_dir=target/debug
+  cargo build --workspace --bins
+else
+  profile_dir=target/release
+  cargo build --release --workspace --bins
+fi
 
 # shellcheck source=scripts/broker.sh
 . scripts/broker.sh
@@ -35,4 +43,5 @@ export BENCH_BROKER_VERSION BENCH_RUSTC_VERSION BENCH_COMMAND
 [ -n "$BENCH_BROKER_PID" ] && export BENCH_BROKER_PID
 
 # Not `exec`: the EXIT trap of scripts/broker.sh must still stop a node this script started.
-./target/release/imagejobs-bench "${write[@]}" "$@"
+export BENCH_BIN_DIR=$profile_dir
+"./$profile_dir/imagejobs-bench" "${write[@]}" "$@"

@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/broker.sh
 . scripts/broker.sh
 
-# The end-to-end tests run the consumer binary as a child process (to SIGKILL it).
+# One build profile for everything: the binaries the end-to-end tests start as child
+# processes (to SIGKILL them), the tests, and the benchmark tool's smoke run.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
 

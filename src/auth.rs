@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::Secret;
-use crate::job::{ClientId, TenantId};
+use imagejobs_core::config::Secret;
+use imagejobs_core::ids::{ClientId, TenantId};
 
 /// Who is calling: the tenant a job will belong to and the client within it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

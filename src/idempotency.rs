@@ -1,56 +1,44 @@
 //! `Idempotency-Key` handling: the same key from the same tenant yields the same job.
 //!
-//! The job id itself is derived from (tenant, key) (see [`JobId::for_idempotency_key`]),
-//! so replicas and restarts agree on it; this cache makes one process publish a keyed
-//! job once, even when the duplicates arrive concurrently: they all wait on one cell.
+//! The job id itself is derived from (tenant, key) (see `JobId::for_idempotency_key`), so
+//! replicas and restarts agree on it; this cache makes one process publish a keyed job
+//! once, even when the duplicates arrive concurrently: moka runs one initialisation per
+//! key and the others wait for it. A failed publish is not remembered, so a retry of the
+//! submit tries again. Entries live for a day and the cache is bounded in entries.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::OnceCell;
+use moka::future::Cache;
 
-use crate::job::TenantId;
+use imagejobs_core::broker::PublishError;
+use imagejobs_core::ids::TenantId;
 
 /// Remembers which keyed submissions this process has already published.
 pub struct IdempotencyCache {
-    entries: Mutex<HashMap<(TenantId, String), Entry>>,
-    ttl: Duration,
-    capacity: usize,
-}
-
-struct Entry {
-    cell: Arc<OnceCell<()>>,
-    created: Instant,
+    published: Cache<(TenantId, String), ()>,
 }
 
 impl IdempotencyCache {
-    pub fn new(ttl: Duration, capacity: usize) -> Self {
+    pub fn new(ttl: Duration, capacity: u64) -> Self {
         IdempotencyCache {
-            entries: Mutex::new(HashMap::new()),
-            ttl,
-            capacity,
+            published: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
         }
     }
 
-    /// The cell for (tenant, key): initialised once the job has been published.
-    pub fn cell(&self, tenant: TenantId, key: &str) -> Arc<OnceCell<()>> {
-        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= self.capacity {
-            let ttl = self.ttl;
-            map.retain(|_, e| e.created.elapsed() < ttl || !e.cell.initialized());
-            if map.len() >= self.capacity {
-                // Still full of fresh keys: forget the published ones rather than grow.
-                map.retain(|_, e| !e.cell.initialized());
-            }
-        }
-        map.entry((tenant, key.to_owned()))
-            .or_insert_with(|| Entry {
-                cell: Arc::new(OnceCell::new()),
-                created: Instant::now(),
-            })
-            .cell
-            .clone()
+    /// Runs `publish` unless (tenant, key) was published before; concurrent callers with
+    /// the same key wait for the one that runs it, and all get its result.
+    pub async fn publish_once(
+        &self,
+        tenant: TenantId,
+        key: String,
+        publish: impl Future<Output = Result<(), PublishError>>,
+    ) -> Result<(), Arc<PublishError>> {
+        self.published.try_get_with((tenant, key), publish).await
     }
 }
 
@@ -62,16 +50,42 @@ pub fn valid_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[tokio::test]
-    async fn same_key_same_cell_and_bounded() {
-        let cache = IdempotencyCache::new(Duration::from_secs(60), 2);
-        let a = cache.cell(TenantId(1), "k");
-        assert!(Arc::ptr_eq(&a, &cache.cell(TenantId(1), "k")));
-        assert!(!Arc::ptr_eq(&a, &cache.cell(TenantId(2), "k")));
-        a.get_or_init(|| async {}).await;
-        cache.cell(TenantId(3), "k");
-        assert!(cache.entries.lock().unwrap().len() <= 3);
+    async fn one_publish_per_key_and_tenant_and_failures_are_not_kept() {
+        let cache = IdempotencyCache::new(Duration::from_secs(60), 100);
+        let runs = AtomicU32::new(0);
+        let publish = || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            Ok(())
+        };
+        let (a, b) = tokio::join!(
+            cache.publish_once(TenantId(1), "k".into(), publish()),
+            cache.publish_once(TenantId(1), "k".into(), publish()),
+        );
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "concurrent duplicates coalesce"
+        );
+        cache
+            .publish_once(TenantId(2), "k".into(), publish())
+            .await
+            .unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "keys are per tenant");
+
+        let failed = cache
+            .publish_once(TenantId(3), "k".into(), async { Err(PublishError::Nack) })
+            .await;
+        assert!(failed.is_err());
+        cache
+            .publish_once(TenantId(3), "k".into(), publish())
+            .await
+            .unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "a failure is tried again");
         assert!(valid_key("order-42"));
         assert!(!valid_key(""));
         assert!(!valid_key("with space"));

@@ -1,6 +1,6 @@
 //! The ingress process: configuration, start-up and serving until shutdown.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,17 +9,19 @@ use clap::{ArgAction, Parser};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use imagejobs_core::broker::{Broker, BrokerConfig};
+use imagejobs_core::config::{self, BrokerArgs, ByteSize, Secret};
+use imagejobs_core::events::{EventSink, Feed, Start};
+use imagejobs_core::topology::Topology;
+
 use crate::auth::Verifier;
-use crate::broker::{Broker, BrokerConfig};
-use crate::config::{BrokerArgs, Secret};
 use crate::http::{self, AppState, Shared};
 use crate::idempotency::IdempotencyCache;
 use crate::index::{self, JobIndex};
 use crate::ratelimit::TenantLimiter;
-use crate::topology::Topology;
 
 /// `imagejobs-ingress`: the HTTP API that validates and publishes image jobs.
-#[derive(Parser, Clone, Debug)]
+#[derive(Parser, Clone, Debug, PartialEq)]
 #[command(name = "imagejobs-ingress", version, about, args_override_self = true)]
 pub struct IngressConfig {
     #[command(flatten)]
@@ -49,9 +51,10 @@ pub struct IngressConfig {
     #[arg(long, env = "JWT_REQUIRE_EXP", action = ArgAction::Set, default_value_t = false)]
     pub jwt_require_exp: bool,
 
-    /// Largest image accepted, in bytes (a base64 JSON body may be 4/3 of it).
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
-    pub max_body_bytes: usize,
+    /// Largest image accepted (bytes, or with a unit: 3MiB); a base64 JSON body may be 4/3
+    /// of it.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value = "3145728")]
+    pub max_body_bytes: ByteSize,
 
     /// Submits per second per tenant; 0 = unlimited.
     #[arg(long, env = "TENANT_RATE", default_value_t = 0)]
@@ -65,9 +68,29 @@ pub struct IngressConfig {
     #[arg(long, env = "AMQP_CHANNELS", default_value_t = 8)]
     pub amqp_channels: usize,
 
-    /// How long a submit waits for the broker's confirm before answering 503.
-    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
-    pub publish_timeout_ms: u64,
+    /// How long a submit waits for the broker's confirm before answering 503 (ms).
+    #[arg(long = "publish-timeout-ms", env = "PUBLISH_TIMEOUT_MS", default_value = "5000", value_parser = config::millis)]
+    pub publish_timeout: Duration,
+}
+
+impl Default for IngressConfig {
+    /// The command line's defaults, without reading the environment (no JWT secret).
+    fn default() -> Self {
+        IngressConfig {
+            broker: BrokerArgs::default(),
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 9000,
+            jwt_secret: None,
+            jwt_secret_file: None,
+            jwt_audience: None,
+            jwt_require_exp: false,
+            max_body_bytes: ByteSize::mib(3),
+            tenant_rate: 0,
+            tenant_burst: None,
+            amqp_channels: 8,
+            publish_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl IngressConfig {
@@ -84,6 +107,38 @@ impl IngressConfig {
         };
         anyhow::ensure!(!secret.expose().is_empty(), "the JWT secret is empty");
         Ok(secret)
+    }
+
+    /// The flags that give a child process these settings, secrets excepted: pass those
+    /// in the environment (`JWT_SECRET`), where `ps` does not show them.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = self.broker.to_args();
+        out.extend([
+            "--host".into(),
+            self.host.to_string(),
+            "--port".into(),
+            self.port.to_string(),
+            "--jwt-require-exp".into(),
+            self.jwt_require_exp.to_string(),
+            "--max-body-bytes".into(),
+            self.max_body_bytes.to_string(),
+            "--tenant-rate".into(),
+            self.tenant_rate.to_string(),
+            "--amqp-channels".into(),
+            self.amqp_channels.to_string(),
+            "--publish-timeout-ms".into(),
+            self.publish_timeout.as_millis().to_string(),
+        ]);
+        if let Some(path) = &self.jwt_secret_file {
+            out.extend(["--jwt-secret-file".into(), path.display().to_string()]);
+        }
+        if let Some(aud) = &self.jwt_audience {
+            out.extend(["--jwt-audience".into(), aud.clone()]);
+        }
+        if let Some(burst) = self.tenant_burst {
+            out.extend(["--tenant-burst".into(), burst.to_string()]);
+        }
+        out
     }
 }
 
@@ -110,26 +165,31 @@ impl Ingress {
             .await
             .with_context(|| format!("binding {addr}"))?;
         let topology = Topology::new(&config.broker.topology);
-        let mut broker_config =
-            BrokerConfig::new(&config.broker.amqp_url, "imagejobs-ingress", topology);
+        let mut broker_config = BrokerConfig::new(
+            config.broker.amqp_url.clone(),
+            "imagejobs-ingress",
+            topology,
+        );
         broker_config.channels = config.amqp_channels;
-        broker_config.publish_timeout = Duration::from_millis(config.publish_timeout_ms);
+        broker_config.publish_timeout = config.publish_timeout;
         // The connection outlives the HTTP server's drain: submits in flight at shutdown
         // still get their confirms. It closes when `run_until_stopped` returns.
         let broker_stop = CancellationToken::new();
         let broker = Broker::start(broker_config, broker_stop.clone());
+        let events = EventSink::new(broker.clone());
         let index = JobIndex::new();
-        let max_age = index::parse_max_age(&config.broker.topology.events_max_age);
-        tokio::spawn(index::follow(
-            broker.clone(),
+        tokio::spawn(index::follow::follow(
+            Feed::new(broker.clone(), Start::First),
+            events.clone(),
             index.clone(),
-            max_age,
+            config.broker.topology.events_max_age.duration(),
             broker_stop.clone(),
         ));
         let state = AppState::new(Shared {
             broker,
+            events,
             verifier,
-            max_body: config.max_body_bytes,
+            max_body: config.max_body_bytes.as_usize(),
             limiter: TenantLimiter::new(config.tenant_rate, config.tenant_burst),
             idempotency: IdempotencyCache::new(Duration::from_secs(24 * 3600), 1_000_000),
             index,
@@ -166,5 +226,42 @@ impl Ingress {
             .context("serving HTTP");
         drop(broker_guard);
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Default` is the command line without flags, and `to_args` round-trips.
+    #[test]
+    fn defaults_and_args_round_trip() {
+        let url = imagejobs_core::config::DEFAULT_AMQP_URL;
+        let parsed = IngressConfig::parse_from(["x", "--amqp-url", url]);
+        // JWT_* may come from the environment of whoever runs the tests.
+        let expected = IngressConfig {
+            jwt_secret: parsed.jwt_secret.clone(),
+            jwt_secret_file: parsed.jwt_secret_file.clone(),
+            jwt_audience: parsed.jwt_audience.clone(),
+            ..IngressConfig::default()
+        };
+        assert_eq!(parsed, expected);
+        let custom = IngressConfig {
+            port: 0,
+            publish_timeout: Duration::from_millis(1500),
+            max_body_bytes: ByteSize(1000),
+            tenant_burst: Some(3),
+            jwt_audience: Some("aud".into()),
+            ..IngressConfig::default()
+        };
+        let back =
+            IngressConfig::parse_from(std::iter::once("x".to_owned()).chain(custom.to_args()));
+        assert_eq!(
+            IngressConfig {
+                jwt_secret: None,
+                ..back
+            },
+            custom
+        );
     }
 }

@@ -1,28 +1,20 @@
-//! imagejobs: an image-job pipeline on RabbitMQ.
+//! imagejobs: the HTTP ingress of the image-job pipeline, and its command-line client.
 //!
 //! # Layout
-//! - [`job`]: the wire types (job message, status event) and their newtypes.
-//! - [`topology`]: every exchange and queue name, and their idempotent declaration.
-//! - [`broker`]: the supervised connection, the confirm-channel pool, confirmed publishing.
-//! - [`auth`]: HS256 bearer tokens.
-//! - [`index`]: the job index, fed from the events stream.
-//! - [`http`], [`ingress`]: the HTTP API and the process that serves it.
-//! - [`config`], [`shutdown`], [`telemetry`]: settings, signals, logging.
+//! - [`ingress`]: the process (`Ingress::build`, `run_until_stopped`) and its settings.
+//! - [`http`]: routes, the submit body parser, the error type of the API.
+//! - [`auth`]: bearer tokens; [`ratelimit`]: per-tenant limits; [`idempotency`]: keyed
+//!   submits.
+//! - [`index`]: the job index and the follower that feeds it from the events stream.
+//! - [`cli`]: the `imagejobs` command.
 //!
-//! The consumer (`consumers/`) and the stub services (`stubs/`) are crates of their own
-//! that use this library's wire types, topology and broker modules.
+//! What the consumer shares with the ingress (wire types, topology, broker connection,
+//! events stream) is in `imagejobs-core`.
 
 pub mod auth;
-pub mod broker;
 pub mod cli;
-pub mod config;
 pub mod http;
 pub mod idempotency;
 pub mod index;
 pub mod ingress;
-pub mod job;
 pub mod ratelimit;
-pub mod shutdown;
-pub mod sniff;
-pub mod telemetry;
-pub mod topology;

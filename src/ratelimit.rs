@@ -6,7 +6,7 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::job::TenantId;
+use imagejobs_core::ids::TenantId;
 
 pub struct TenantLimiter {
     limiter: DefaultKeyedRateLimiter<TenantId>,

@@ -21,7 +21,9 @@ use lapin::Connection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{self, Deployment};
+use imagejobs_testkit::Deployment;
+
+use crate::broker;
 use crate::cpu::CpuSpent;
 use crate::harness::Harness;
 use crate::image::{Image, Size};

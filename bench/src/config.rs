@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use imagejobs_core::config::AmqpUrls;
 
 use crate::plan::ConsumerRun;
 
@@ -16,13 +17,15 @@ pub struct BenchConfig {
     #[arg(long)]
     pub smoke: bool,
 
-    /// AMQP URL of the RabbitMQ node to measure (`rabbitmq/node.sh start` prints it).
-    #[arg(long, env = "AMQP_URL")]
-    pub amqp_url: String,
+    /// AMQP URL of the RabbitMQ node to measure (`rabbitmq/node.sh start` prints it), or
+    /// a comma-separated list of a cluster's nodes.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: AmqpUrls,
 
-    /// Directory of the release binaries imagejobs-ingress and imagejobs-consumer.
-    #[arg(long, env = "BENCH_BIN_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release"))]
-    pub bin_dir: PathBuf,
+    /// Directory of the binaries imagejobs-ingress and imagejobs-consumer (default: that of
+    /// this binary, so a release bench measures release binaries).
+    #[arg(long, env = "BENCH_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
 
     /// Directory for the logs of the child processes.
     #[arg(long, env = "BENCH_LOG_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-logs"))]
@@ -90,6 +93,13 @@ pub enum Scenario {
 }
 
 impl BenchConfig {
+    /// Where the ingress and consumer binaries are.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.bin_dir
+            .clone()
+            .unwrap_or_else(imagejobs_testkit::process::bin_dir)
+    }
+
     pub fn runs(&self, scenario: Scenario) -> bool {
         self.only.is_empty() || self.only.contains(&scenario)
     }

@@ -12,12 +12,13 @@ use anyhow::Context;
 
 use crate::broker;
 use crate::ceiling::Ceiling;
-use crate::events::EventWatch;
 use crate::harness::{stop_all, Harness};
 use crate::image::Image;
 use crate::plan::ConsumerRun;
-use crate::process::Service;
 use crate::report::{ratio, thousands, Report, Row};
+use imagejobs_core::events::Start;
+use imagejobs_testkit::process::Service;
+use imagejobs_testkit::EventReader;
 
 /// Requests one job makes to the stubs when the worker answers at once (blob PUT, worker
 /// POST); each gets the stubs' latency.
@@ -178,7 +179,7 @@ async fn measure(
         )
         .await
         .context("pre-filling the work queue")?;
-        let mut watch = EventWatch::start(&h.conn, &d.topology.events_stream()).await?;
+        let mut watch = EventReader::start(&d, Start::First).await;
         let name = format!(
             "consumers-p{}-f{}-l{}{}",
             run.processes,
@@ -194,7 +195,7 @@ async fn measure(
             services.iter().map(Service::pid).collect(),
         )]);
         let deadline = Duration::from_secs(60 + count as u64 / 20);
-        let waited = watch.wait_for(count, deadline).await;
+        let waited = watch.wait_success(count, deadline).await;
         let cpu = meter.per_job(count);
         let times = watch.success_times();
         watch.stop().await;

@@ -13,12 +13,15 @@ use anyhow::Context;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::events::EventWatch;
+use imagejobs_core::ids::JobId;
+
 use crate::harness::{stop_all, Harness};
 use crate::image::Image;
 use crate::latency::{ms, summarize};
 use crate::report::{thousands, Report, Row};
 use crate::submit::{Mode, Submit};
+use imagejobs_core::events::Start;
+use imagejobs_testkit::EventReader;
 
 /// What the end-to-end target allows on top of the stubs' latency.
 const TARGET_P99: Duration = Duration::from_millis(50);
@@ -28,7 +31,7 @@ pub async fn run(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
     d.declare(&h.conn).await?;
     let stubs = h.start_stubs(Duration::ZERO, false).await?;
     let result = async {
-        let mut watch = EventWatch::start(&h.conn, &d.topology.events_stream()).await?;
+        let mut watch = EventReader::start(&d, Start::First).await;
         let ingress = h
             .start_ingress(&d, "e2e-ingress", Duration::from_secs(30))
             .await?;
@@ -67,7 +70,7 @@ async fn measure(
     h: &Harness,
     url: &str,
     pids: Vec<(&'static str, Vec<u32>)>,
-    watch: &mut EventWatch,
+    watch: &mut EventReader,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let size = h.plan.reference();
@@ -123,13 +126,15 @@ async fn measure(
         }
         succeeded += n;
         watch
-            .wait_for(succeeded, Duration::from_secs(30 + n as u64 / 10))
+            .wait_success(succeeded, Duration::from_secs(30 + n as u64 / 10))
             .await?;
         let cpu = meter.per_job(n);
         let done = watch.success_by_job();
         let mut e2e = Vec::with_capacity(n);
         for (id, at) in &sent {
-            let ok = done.get(id).context("a submitted job has no SUCCESS")?;
+            let ok = done
+                .get(&JobId(*id))
+                .context("a submitted job has no SUCCESS")?;
             e2e.push(ok.saturating_duration_since(*at));
         }
         let e2e = summarize(e2e);

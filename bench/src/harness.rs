@@ -10,16 +10,17 @@ use lapin::Connection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use imagejobs::auth::{mint, Caller};
-use imagejobs::config::Secret;
-use imagejobs::job::{ClientId, TenantId};
+use imagejobs::ingress::IngressConfig;
+use imagejobs_consumer::ConsumerConfig;
 use imagejobs_stubs::{StubConfig, Stubs};
+use imagejobs_testkit::deployment::{connect, wait_consumers};
+use imagejobs_testkit::process::{free_port, Service};
+use imagejobs_testkit::{token_with, try_eventually, Deployment};
 
-use crate::broker::{self, Deployment};
+use crate::broker::RETRY_DELAYS;
 use crate::config::BenchConfig;
 use crate::cpu::CpuMeter;
 use crate::plan::Plan;
-use crate::process::{eventually, free_port, Service};
 
 /// The JWT secret of every ingress the bench starts.
 const SECRET: &str = "imagejobs-bench-secret";
@@ -55,7 +56,7 @@ impl StubsHandle {
 
 impl Harness {
     pub async fn new(config: BenchConfig, plan: Plan) -> anyhow::Result<Harness> {
-        let conn = broker::connect(&config.amqp_url, "imagejobs-bench").await?;
+        let conn = connect(&config.amqp_url, "imagejobs-bench").await?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
@@ -75,7 +76,11 @@ impl Harness {
 
     /// A fresh deployment (prefix `bench-<label>-…`), remembered until [`Harness::remove`].
     pub fn deployment(&self, label: &str) -> Deployment {
-        let d = Deployment::new(label);
+        let d = Deployment::on(
+            self.config.amqp_url.clone(),
+            &format!("bench-{label}"),
+            RETRY_DELAYS,
+        );
         self.deployments
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -124,16 +129,7 @@ impl Harness {
 
     /// A bearer token of `tenant` for the bench's ingresses.
     pub fn token(&self, tenant: i64) -> anyhow::Result<String> {
-        let caller = Caller {
-            tenant_id: TenantId(tenant),
-            client_id: ClientId(1),
-        };
-        Ok(mint(
-            &Secret::new(SECRET),
-            caller,
-            None,
-            Some(Duration::from_secs(3600)),
-        )?)
+        Ok(token_with(SECRET, tenant, 1))
     }
 
     /// Starts `imagejobs-ingress` for `deployment` and waits until `/readyz` says 200
@@ -145,16 +141,14 @@ impl Harness {
         ready_within: Duration,
     ) -> anyhow::Result<IngressProcess> {
         let port = free_port()?;
-        let mut args = vec![
-            "--amqp-url".to_owned(),
-            self.config.amqp_url.clone(),
-            "--host".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            port.to_string(),
-        ];
-        args.extend(deployment.flags());
-        let program = self.config.bin_dir.join("imagejobs-ingress");
+        let config = IngressConfig {
+            broker: deployment.broker_args(),
+            host: [127, 0, 0, 1].into(),
+            port,
+            ..IngressConfig::default()
+        };
+        let args = config.to_args();
+        let program = self.config.bin_dir().join("imagejobs-ingress");
         let env = [("JWT_SECRET", SECRET), ("RUST_LOG", "info")];
         let mut service = Service::spawn(
             name,
@@ -167,7 +161,7 @@ impl Harness {
         let url = format!("http://127.0.0.1:{port}");
         let ready = format!("{url}/readyz");
         let http = self.http.clone();
-        eventually(ready_within, &format!("{name} /readyz 200"), || {
+        try_eventually(ready_within, &format!("{name} /readyz 200"), || {
             let alive = service.check_running();
             let (http, ready) = (http.clone(), ready.clone());
             async move {
@@ -192,22 +186,17 @@ impl Harness {
         prefetch: u16,
         name: &str,
     ) -> anyhow::Result<Vec<Service>> {
-        let mut args = vec![
-            "--amqp-url".to_owned(),
-            self.config.amqp_url.clone(),
-            "--prefetch".into(),
-            prefetch.to_string(),
-            "--worker-service-url".into(),
-            stubs.worker_url.clone(),
-            "--blob-service-url".into(),
-            stubs.blob_url.clone(),
-            "--job-timeout-secs".into(),
-            "60".into(),
-            "--drain-timeout-secs".into(),
-            "5".into(),
-        ];
-        args.extend(deployment.flags());
-        let program = self.config.bin_dir.join("imagejobs-consumer");
+        let config = ConsumerConfig {
+            broker: deployment.broker_args(),
+            prefetch,
+            worker_service_url: stubs.worker_url.parse()?,
+            blob_service_url: stubs.blob_url.parse()?,
+            job_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(5),
+            ..ConsumerConfig::default()
+        };
+        let args = config.to_args();
+        let program = self.config.bin_dir().join("imagejobs-consumer");
         let mut services = Vec::with_capacity(n);
         for i in 1..=n {
             services.push(Service::spawn(
@@ -220,8 +209,7 @@ impl Harness {
             )?);
         }
         let queue = deployment.topology.work_queue();
-        let waited =
-            broker::wait_consumers(&self.conn, &queue, n as u32, Duration::from_secs(30)).await;
+        let waited = wait_consumers(&self.conn, &queue, n as u32, Duration::from_secs(30)).await;
         if let Err(e) = waited {
             for s in &mut services {
                 s.check_running()?;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use image::{ImageFormat, RgbImage};
 use rand::RngCore;
 
-use imagejobs::job::Md5;
+use imagejobs_core::ids::Md5;
 
 /// One image size of the benchmark, with its label for the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl Image {
             }
         }
         anyhow::ensure!(
-            imagejobs::sniff::image_mime(&png) == Some("image/png"),
+            imagejobs_core::sniff::image_mime(&png) == Some("image/png"),
             "the generated image does not sniff as PNG"
         );
         let md5 = Md5::of(&png);

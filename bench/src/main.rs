@@ -3,9 +3,10 @@
 //! # Layout
 //! - [`config`]: the flags; [`plan`]: what a full or a smoke run measures, and how much.
 //! - [`harness`]: the broker connection, HTTP client, and starting ingress and consumer
-//!   processes (release binaries, [`process`]) and the stubs (in this process).
-//! - [`broker`]: deployments (a prefix per scenario), pipelined confirmed publishing;
-//!   [`events`]: a reader of the events stream that timestamps SUCCESS events.
+//!   processes (the built binaries) and the stubs (in this process).
+//! - [`broker`]: pipelined confirmed publishing. Deployments (a prefix per scenario), child
+//!   processes and the reader of the events stream that timestamps SUCCESS events come
+//!   from `imagejobs-testkit`, which the end-to-end tests use too.
 //! - The five parts: [`ceiling`], [`submit`] (the ingress), [`consumers`], [`endtoend`],
 //!   [`memory`].
 //! - [`cpu`]: CPU time per job of each process.
@@ -18,14 +19,12 @@ mod config;
 mod consumers;
 mod cpu;
 mod endtoend;
-mod events;
 mod harness;
 mod image;
 mod latency;
 mod machine;
 mod memory;
 mod plan;
-mod process;
 mod report;
 mod submit;
 
@@ -105,7 +104,7 @@ async fn run(config: BenchConfig) -> anyhow::Result<bool> {
     let h = Harness::new(config.clone(), plan).await?;
     // On Ctrl-C or SIGTERM: drop the scenarios (their child processes are killed with
     // them), remove the deployments they left, and stop.
-    let stop = imagejobs::shutdown::on_signal();
+    let stop = imagejobs_core::shutdown::on_signal();
     let outcome = tokio::select! {
         r = scenarios(&h, &config) => r,
         _ = stop.cancelled() => {
@@ -124,7 +123,7 @@ async fn scenarios(h: &Harness, config: &BenchConfig) -> anyhow::Result<bool> {
     h.progress(format!(
         "imagejobs-bench{} against {}; child logs in {}",
         if config.smoke { " --smoke" } else { "" },
-        broker::redact(&config.amqp_url),
+        config.amqp_url,
         config.log_dir.display()
     ));
     let mut report = Report {

@@ -17,13 +17,15 @@ use lapin::BasicProperties;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use imagejobs::job::{now_rfc3339, ClientId, JobId, Md5, StatusEvent, TenantId};
+use imagejobs_core::ids::{ClientId, JobId, Md5, TenantId};
+use imagejobs_core::status::{now_rfc3339, StatusEvent};
 
 use crate::broker::{self, Outgoing};
-use crate::events::EventWatch;
 use crate::harness::{stop_all, Harness};
 use crate::image::{human_bytes, Image};
 use crate::report::{thousands, Report, Row};
+use imagejobs_core::events::Start;
+use imagejobs_testkit::EventReader;
 
 /// Budget of the index (issue 5): bytes per job beyond its strings, RSS at a million jobs.
 const INDEX_BYTES_PER_JOB: f64 = 200.0;
@@ -192,7 +194,7 @@ async fn consumer(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
     // The stubs hold each job 2 × 20 ms, so that deliveries queue up to the prefetch.
     let stubs = h.start_stubs(Duration::from_millis(20), false).await?;
     let result = async {
-        let mut watch = EventWatch::start(&h.conn, &d.topology.events_stream()).await?;
+        let mut watch = EventReader::start(&d, Start::First).await;
         let mut services = h
             .start_consumers(&d, &stubs.stubs, 1, prefetch, "mem-consumer")
             .await?;
@@ -211,7 +213,7 @@ async fn consumer(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
         )
         .await;
         let waited = match published {
-            Ok(_) => watch.wait_for(count, Duration::from_secs(120)).await,
+            Ok(_) => watch.wait_success(count, Duration::from_secs(120)).await,
             Err(e) => Err(e),
         };
         let mem = consumer.memory();

@@ -12,13 +12,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::broker::{self, Deployment};
 use crate::ceiling::{guess_rate, Ceiling};
 use crate::harness::{stop_all, Harness};
 use crate::image::Image;
 use crate::latency::{summarize, Summary};
-use crate::process::Service;
 use crate::report::{ratio, thousands, Report, Row};
+use imagejobs_testkit::deployment::purge;
+use imagejobs_testkit::process::Service;
+use imagejobs_testkit::Deployment;
 
 /// How a submit carries its image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +119,7 @@ async fn measure(
             let meter = h.cpu_meter(vec![("ingress", vec![ingress.pid()])]);
             let result = load(h, url, &token, &submit, conc, count).await?;
             let cpu = meter.per_job(result.accepted);
-            broker::purge(&h.conn, &d.topology.work_queue()).await?;
+            purge(&h.conn, &d.topology.work_queue()).await?;
             if result.accepted == 0 {
                 anyhow::bail!(
                     "no submit was accepted: {}",

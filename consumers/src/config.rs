@@ -3,11 +3,13 @@
 use std::time::Duration;
 
 use clap::Parser;
-use imagejobs::config::BrokerArgs;
+use reqwest::Url;
+
+use imagejobs_core::config::{self, BrokerArgs};
 
 /// `imagejobs-consumer`: pulls image jobs and drives them through the blob and worker
 /// services; run as many as you like.
-#[derive(Parser, Clone, Debug)]
+#[derive(Parser, Clone, Debug, PartialEq)]
 #[command(name = "imagejobs-consumer", version, about, args_override_self = true)]
 pub struct ConsumerConfig {
     #[command(flatten)]
@@ -24,7 +26,7 @@ pub struct ConsumerConfig {
         env = "WORKER_SERVICE_URL",
         default_value = "http://127.0.0.1:8080/api/v1"
     )]
-    pub worker_service_url: String,
+    pub worker_service_url: Url,
 
     /// Base URL of the blob service API.
     #[arg(
@@ -32,36 +34,102 @@ pub struct ConsumerConfig {
         env = "BLOB_SERVICE_URL",
         default_value = "http://127.0.0.1:8081/api/v1"
     )]
-    pub blob_service_url: String,
+    pub blob_service_url: Url,
 
     /// Tries of one service call in-process, the first included.
     #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub retry_max_attempts: u32,
 
-    /// First in-process retry delay; it doubles on each retry.
-    #[arg(long, env = "RETRY_BASE_DELAY_MS", default_value_t = 100)]
-    pub retry_base_delay_ms: u64,
+    /// First in-process retry delay (ms); it doubles on each retry.
+    #[arg(long = "retry-base-delay-ms", env = "RETRY_BASE_DELAY_MS", default_value = "100", value_parser = config::millis)]
+    pub retry_base_delay: Duration,
 
-    /// Cap of one in-process retry delay.
-    #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 2000)]
-    pub retry_max_delay_ms: u64,
+    /// Cap of one in-process retry delay (ms).
+    #[arg(long = "retry-max-delay-ms", env = "RETRY_MAX_DELAY_MS", default_value = "2000", value_parser = config::millis)]
+    pub retry_max_delay: Duration,
 
-    /// How long a worker job may run before the attempt counts as failed (and retried).
-    #[arg(long, env = "JOB_TIMEOUT_SECS", default_value_t = 300)]
-    pub job_timeout_secs: u64,
+    /// How long a worker job may run before the attempt counts as failed and is retried (s).
+    #[arg(long = "job-timeout-secs", env = "JOB_TIMEOUT_SECS", default_value = "300", value_parser = config::secs)]
+    pub job_timeout: Duration,
 
-    /// Timeout of one HTTP call to a service.
-    #[arg(long, env = "HTTP_TIMEOUT_SECS", default_value_t = 30)]
-    pub http_timeout_secs: u64,
+    /// Timeout of one HTTP call to a service (s).
+    #[arg(long = "http-timeout-secs", env = "HTTP_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
+    pub http_timeout: Duration,
 
-    /// On SIGTERM, how long to let jobs in flight finish before leaving the rest to the
-    /// broker to redeliver.
-    #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 30)]
-    pub drain_timeout_secs: u64,
+    /// On SIGTERM, how long to let jobs in flight finish before returning the rest to the
+    /// queue (s).
+    #[arg(long = "drain-timeout-secs", env = "DRAIN_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
+    pub drain_timeout: Duration,
+}
+
+/// A URL of the defaults below: literals, checked by the test that parses the defaults.
+fn url(s: &str) -> Url {
+    Url::parse(s).expect("a default URL parses")
+}
+
+impl Default for ConsumerConfig {
+    /// The command line's defaults, without reading the environment.
+    fn default() -> Self {
+        ConsumerConfig {
+            broker: BrokerArgs::default(),
+            prefetch: 32,
+            worker_service_url: url("http://127.0.0.1:8080/api/v1"),
+            blob_service_url: url("http://127.0.0.1:8081/api/v1"),
+            retry_max_attempts: 3,
+            retry_base_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_millis(2000),
+            job_timeout: Duration::from_secs(300),
+            http_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl ConsumerConfig {
-    pub fn job_timeout(&self) -> Duration {
-        Duration::from_secs(self.job_timeout_secs)
+    /// The flags that give a child process these settings.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = self.broker.to_args();
+        out.extend([
+            "--prefetch".into(),
+            self.prefetch.to_string(),
+            "--worker-service-url".into(),
+            self.worker_service_url.to_string(),
+            "--blob-service-url".into(),
+            self.blob_service_url.to_string(),
+            "--retry-max-attempts".into(),
+            self.retry_max_attempts.to_string(),
+            "--retry-base-delay-ms".into(),
+            self.retry_base_delay.as_millis().to_string(),
+            "--retry-max-delay-ms".into(),
+            self.retry_max_delay.as_millis().to_string(),
+            "--job-timeout-secs".into(),
+            self.job_timeout.as_secs().to_string(),
+            "--http-timeout-secs".into(),
+            self.http_timeout.as_secs().to_string(),
+            "--drain-timeout-secs".into(),
+            self.drain_timeout.as_secs().to_string(),
+        ]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_args_round_trip() {
+        let url = imagejobs_core::config::DEFAULT_AMQP_URL;
+        let parsed = ConsumerConfig::parse_from(["x", "--amqp-url", url]);
+        assert_eq!(parsed, ConsumerConfig::default());
+        let custom = ConsumerConfig {
+            prefetch: 7,
+            retry_base_delay: Duration::from_millis(10),
+            job_timeout: Duration::from_secs(9),
+            ..ConsumerConfig::default()
+        };
+        let back =
+            ConsumerConfig::parse_from(std::iter::once("x".to_owned()).chain(custom.to_args()));
+        assert_eq!(back, custom);
     }
 }

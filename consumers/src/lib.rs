@@ -2,166 +2,165 @@
 //! and worker services, reporting every status change as an event.
 //!
 //! # Layout
-//! - [`config`] holds the settings.
-//! - `consumer` (this file): the subscription loop, prefetch, reconnects and draining.
-//! - `job`: one delivery from validation to ack, with the delayed-retry and dead-letter
-//!   tiers.
-//! - `pipeline`: the service calls of one attempt; `retry`: the in-process retry tier;
-//!   `services`: the HTTP clients.
+//! - [`config`]: the settings. This file: [`Consumer`], the process (build, subscribe
+//!   again after any failure, drain on shutdown).
+//! - `subscription`: the consume loop on one connection, one task per delivery.
+//! - `delivery`: one delivery from validation to ack or requeue.
+//! - [`outcome`]: the rules of DESIGN §5 as a pure function, from how an attempt ended to
+//!   what is published and whether the delivery is acked.
+//! - `pipeline`: the service calls of one attempt; [`retry`]: the in-process retry tier;
+//!   [`services`]: the HTTP clients.
+//!
+//! Dependencies run one way: `Consumer` → `subscription` → `delivery` → `outcome`,
+//! `pipeline` → `services`, `retry`. The crate depends on `imagejobs-core` and never on
+//! the ingress.
 
 pub mod config;
-mod job;
+mod delivery;
+pub mod outcome;
 mod pipeline;
 pub mod retry;
 pub mod services;
+mod subscription;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use imagejobs::broker::{Broker, BrokerConfig, Live};
-use imagejobs::topology::Topology;
+use imagejobs_core::backoff::Backoff;
+use imagejobs_core::broker::{Broker, BrokerConfig};
+use imagejobs_core::events::EventSink;
+use imagejobs_core::topology::Topology;
 
 pub use config::ConsumerConfig;
+use delivery::Handler;
+pub use delivery::Stats;
+use pipeline::Pipeline;
 use retry::RetryPolicy;
 use services::Services;
+use subscription::Subscription;
 
-/// Counters of one consumer process, for tests and logs.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Deliveries acked after their outcome was recorded.
-    pub acked: AtomicU64,
-    /// Deliveries returned to the queue because the outcome could not be recorded.
-    pub requeued: AtomicU64,
-}
+/// How long abandoned jobs get to return their deliveries after the drain timeout.
+const REQUEUE_GRACE: Duration = Duration::from_secs(5);
 
-/// What every job task shares.
-pub struct Context {
-    stats: Arc<Stats>,
-    broker: Broker,
-    services: Services,
-    retry: RetryPolicy,
-    job_timeout: Duration,
-    delivery_limit: u32,
-}
-
-/// Consumes until `shutdown`, then stops taking deliveries, lets the jobs in flight
-/// finish (up to the drain timeout) and returns.
-pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with_stats(config, shutdown, Arc::default()).await
-}
-
-/// [`run`], counting into `stats`.
-pub async fn run_with_stats(
-    config: ConsumerConfig,
-    shutdown: CancellationToken,
-    stats: Arc<Stats>,
-) -> anyhow::Result<()> {
-    let topology = Topology::new(&config.broker.topology);
-    let mut broker_config =
-        BrokerConfig::new(&config.broker.amqp_url, "imagejobs-consumer", topology);
-    broker_config.channels = 4;
-    // The connection must outlive the drain: acks of finishing jobs travel on it.
-    let broker_stop = CancellationToken::new();
-    let broker = Broker::start(broker_config, broker_stop.clone());
-    let services = Services::new(
-        &config.blob_service_url,
-        &config.worker_service_url,
-        Duration::from_secs(config.http_timeout_secs),
-        usize::from(config.prefetch),
-    )?;
-    let ctx = Arc::new(Context {
-        stats,
-        broker: broker.clone(),
-        services,
-        retry: RetryPolicy {
-            max_attempts: config.retry_max_attempts,
-            base: Duration::from_millis(config.retry_base_delay_ms),
-            max_delay: Duration::from_millis(config.retry_max_delay_ms),
-        },
-        job_timeout: config.job_timeout(),
-        delivery_limit: config.broker.topology.queue_delivery_limit,
-    });
-    let tracker = TaskTracker::new();
-    let mut held: Option<Channel> = None;
-    loop {
-        let live = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            live = broker.wait_live() => live,
-        };
-        match consume(&ctx, &live, config.prefetch, &tracker, &shutdown).await {
-            Ok(channel) => {
-                held = Some(channel);
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "job subscription ended; resubscribing")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-    }
-    tracker.close();
-    let drain = Duration::from_secs(config.drain_timeout_secs);
-    tracing::info!(in_flight = tracker.len(), "draining jobs in flight");
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-        tracing::warn!(
-            left = tracker.len(),
-            "drain timeout; the broker will redeliver what is left"
-        );
-    }
-    drop(held);
-    broker_stop.cancel();
-    Ok(())
-}
-
-/// One subscription on one channel. Returns the channel (still open, so that jobs in
-/// flight can ack) on shutdown, an error when the subscription or connection ends.
-async fn consume(
-    ctx: &Arc<Context>,
-    live: &Live,
+/// A built consumer: connecting in the background, not consuming yet.
+pub struct Consumer {
+    handler: Arc<Handler>,
     prefetch: u16,
-    tracker: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Channel> {
-    let channel = live.open_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let queue = ctx.broker.topology().work_queue();
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(%queue, prefetch, "consuming");
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
-                return Ok(channel);
-            }
-            _ = live.closed() => anyhow::bail!("broker connection lost"),
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    let ctx = ctx.clone();
-                    tracker.spawn(async move { job::handle(&ctx, delivery).await });
-                }
-                Some(Err(e)) => return Err(e.into()),
-                None => anyhow::bail!("the broker cancelled the subscription"),
+    drain_timeout: Duration,
+    shutdown: CancellationToken,
+    /// Stops the broker connection; cancelled only after the drain, since the acks of
+    /// finishing jobs travel on it.
+    broker_stop: CancellationToken,
+}
+
+impl Consumer {
+    pub async fn build(
+        config: ConsumerConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let topology = Topology::new(&config.broker.topology);
+        let mut broker_config = BrokerConfig::new(
+            config.broker.amqp_url.clone(),
+            "imagejobs-consumer",
+            topology,
+        );
+        broker_config.channels = 4;
+        let services = Services::new(
+            &config.blob_service_url,
+            &config.worker_service_url,
+            config.http_timeout,
+            usize::from(config.prefetch),
+        )?;
+        let broker_stop = CancellationToken::new();
+        let broker = Broker::start(broker_config, broker_stop.clone());
+        let handler = Arc::new(Handler {
+            events: EventSink::new(broker.clone()),
+            broker,
+            pipeline: Pipeline {
+                services,
+                retry: RetryPolicy {
+                    max_attempts: config.retry_max_attempts,
+                    base: config.retry_base_delay,
+                    max_delay: config.retry_max_delay,
+                },
+                job_timeout: config.job_timeout,
             },
+            stats: Arc::default(),
+        });
+        Ok(Consumer {
+            handler,
+            prefetch: config.prefetch,
+            drain_timeout: config.drain_timeout,
+            shutdown,
+            broker_stop,
+        })
+    }
+
+    /// Counters of this consumer (acked, requeued).
+    pub fn stats(&self) -> Arc<Stats> {
+        self.handler.stats.clone()
+    }
+
+    /// Consumes until shutdown, then stops taking deliveries, lets the jobs in flight
+    /// finish (up to the drain timeout), returns the rest to the queue, and returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        let abandon = CancellationToken::new();
+        let subscription = Subscription {
+            handler: &self.handler,
+            prefetch: self.prefetch,
+            tracker: &tracker,
+            abandon: &abandon,
+        };
+        let broker = &self.handler.broker;
+        let mut pause = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut held: Option<Channel> = None;
+        loop {
+            let live = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                live = broker.wait_live() => live,
+            };
+            match subscription.run(&live, &self.shutdown).await {
+                Ok(channel) => {
+                    held = Some(channel);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "job subscription ended; resubscribing")
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(pause.next_delay()) => {}
+            }
         }
+        tracker.close();
+        tracing::info!(in_flight = tracker.len(), "draining jobs in flight");
+        if tokio::time::timeout(self.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = tracker.len(),
+                "drain timeout; returning the jobs left to the queue"
+            );
+            abandon.cancel();
+            if tokio::time::timeout(REQUEUE_GRACE, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    left = tracker.len(),
+                    "the broker will redeliver what is left"
+                );
+            }
+        }
+        drop(held);
+        self.broker_stop.cancel();
+        Ok(())
     }
 }

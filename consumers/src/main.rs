@@ -1,12 +1,15 @@
 //! `imagejobs-consumer`: parse settings, consume until SIGINT/SIGTERM, drain, exit 0.
 
 use clap::Parser;
-use imagejobs_consumer::ConsumerConfig;
+use imagejobs_consumer::{Consumer, ConsumerConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    imagejobs::telemetry::init_tracing();
+    imagejobs_core::telemetry::init_tracing();
     let config = ConsumerConfig::parse();
-    let shutdown = imagejobs::shutdown::on_signal();
-    imagejobs_consumer::run(config, shutdown).await
+    let shutdown = imagejobs_core::shutdown::on_signal();
+    Consumer::build(config, shutdown)
+        .await?
+        .run_until_stopped()
+        .await
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use imagejobs::job::{JobId, Md5};
+use imagejobs_core::ids::{JobId, Md5};
 
 /// How a failed call should be treated (DESIGN §5).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -140,8 +140,8 @@ pub struct Services {
 
 impl Services {
     pub fn new(
-        blob_url: &str,
-        worker_url: &str,
+        blob_url: &reqwest::Url,
+        worker_url: &reqwest::Url,
         timeout: Duration,
         pool: usize,
     ) -> anyhow::Result<Self> {
@@ -153,8 +153,8 @@ impl Services {
             .build()?;
         Ok(Services {
             http,
-            blob_url: blob_url.trim_end_matches('/').to_owned(),
-            worker_url: worker_url.trim_end_matches('/').to_owned(),
+            blob_url: blob_url.as_str().trim_end_matches('/').to_owned(),
+            worker_url: worker_url.as_str().trim_end_matches('/').to_owned(),
         })
     }
 

@@ -5,9 +5,9 @@ use imagejobs::ingress::{Ingress, IngressConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    imagejobs::telemetry::init_tracing();
+    imagejobs_core::telemetry::init_tracing();
     let config = IngressConfig::parse();
-    let shutdown = imagejobs::shutdown::on_signal();
+    let shutdown = imagejobs_core::shutdown::on_signal();
     let ingress = Ingress::build(config, shutdown).await?;
     tracing::info!(addr = %ingress.local_addr(), "ingress listening");
     ingress.run_until_stopped().await

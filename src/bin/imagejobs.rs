@@ -5,7 +5,7 @@ use imagejobs::cli::Cli;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    imagejobs::telemetry::init_tracing_quiet();
+    imagejobs_core::telemetry::init_tracing_quiet();
     let cli = Cli::parse();
     match imagejobs::cli::run(cli).await {
         Ok(code) => code,

@@ -16,9 +16,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
 
-use crate::config::BrokerArgs;
-use crate::job::{header, header_string, JobMeta};
-use crate::topology::{Topology, SUBMIT_KEY};
+use imagejobs_core::config::BrokerArgs;
+use imagejobs_core::message::{copied_headers, header, header_string, JobMeta};
+use imagejobs_core::topology::{Topology, SUBMIT_KEY};
 
 #[derive(Subcommand, Debug)]
 pub enum DeadCommand {
@@ -41,9 +41,7 @@ pub enum DeadCommand {
 
 pub async fn run(broker: BrokerArgs, command: DeadCommand) -> anyhow::Result<ExitCode> {
     let topo = Topology::new(&broker.topology);
-    let conn = Connection::connect(&broker.amqp_url, ConnectionProperties::default())
-        .await
-        .with_context(|| format!("connecting to {}", redact(&broker.amqp_url)))?;
+    let conn = connect(&broker).await?;
     let ch = conn.create_channel().await?;
     let dead = topo.dead_queue();
     let count = ch
@@ -100,6 +98,18 @@ pub async fn run(broker: BrokerArgs, command: DeadCommand) -> anyhow::Result<Exi
     Ok(code)
 }
 
+/// A connection to the first node of the list that answers.
+async fn connect(broker: &BrokerArgs) -> anyhow::Result<Connection> {
+    let mut last = None;
+    for url in &broker.amqp_url.0 {
+        match Connection::connect(url.expose(), ConnectionProperties::default()).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => last = Some(anyhow::Error::from(e).context(format!("connecting to {url}"))),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no AMQP URL given")))
+}
+
 async fn take(ch: &Channel, queue: &str, n: u32) -> anyhow::Result<Vec<BasicGetMessage>> {
     let mut out = Vec::new();
     for _ in 0..n {
@@ -119,26 +129,14 @@ async fn replay(ch: &Channel, topo: &Topology, m: &BasicGetMessage) -> anyhow::R
     let attempt = JobMeta::from_properties(props)
         .map(|j| j.attempt)
         .unwrap_or(1);
-    let mut headers = FieldTable::default();
-    for (k, v) in props
-        .headers()
-        .as_ref()
-        .map(|h| h.inner().clone())
-        .unwrap_or_default()
-    {
-        let name = k.as_str();
-        let dead_only = name == header::ERROR
-            || name == "x-delivery-count"
-            || name.starts_with("x-death")
-            || name.starts_with("x-first-death")
-            || name.starts_with("x-last-death");
-        if !dead_only {
-            headers.insert(k, v);
-        }
-    }
-    headers.insert(
-        header::ATTEMPT.into(),
-        AMQPValue::LongLongInt(i64::from(attempt) + 1),
+    // The copy is a fresh attempt: what the dead-lettering added goes.
+    let headers = copied_headers(
+        props,
+        |name| name != header::ERROR && !header::is_death_mark(name),
+        (
+            header::ATTEMPT,
+            AMQPValue::LongLongInt(i64::from(attempt) + 1),
+        ),
     );
     let confirm = ch
         .basic_publish(
@@ -187,7 +185,7 @@ fn describe(m: &BasicGetMessage) -> String {
 
 /// What the broker wrote when it dead-lettered a message by itself (e.g. delivery limit).
 fn death_reason(headers: &FieldTable) -> Option<String> {
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get(header::DEATH)? else {
         return None;
     };
     let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
@@ -198,11 +196,4 @@ fn death_reason(headers: &FieldTable) -> Option<String> {
     Some(format!(
         "dead-lettered by the broker ({reason}) from {queue}"
     ))
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_owned(),
-    }
 }

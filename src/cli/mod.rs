@@ -11,9 +11,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{self, Caller};
-use crate::config::{BrokerArgs, Secret, TopologyArgs};
-use crate::job::{ClientId, TenantId};
-use crate::topology::Topology;
+use imagejobs_core::config::{BrokerArgs, Secret, TopologyArgs};
+use imagejobs_core::ids::{ClientId, TenantId};
+use imagejobs_core::topology::Topology;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use super::ApiArgs;
-use crate::sniff;
+use imagejobs_core::sniff;
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {

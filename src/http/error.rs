@@ -7,7 +7,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::auth::AuthError;
-use crate::broker::PublishError;
+use imagejobs_core::broker::PublishError;
 
 /// Every way a request can fail. The `details` never carry internals such as broker
 /// addresses; those are logged where the error is handled.
@@ -72,7 +72,13 @@ impl ApiError {
 
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
-        let details = match &e {
+        ApiError::from(&e)
+    }
+}
+
+impl From<&PublishError> for ApiError {
+    fn from(e: &PublishError) -> Self {
+        let details = match e {
             PublishError::Nack => {
                 "the job queue is full or the broker refused the job; retry later"
             }

@@ -7,10 +7,10 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::AppState;
+use super::state::AppState;
 use crate::auth::AuthError;
 use crate::index::JobView;
-use crate::job::JobId;
+use imagejobs_core::ids::JobId;
 
 fn lookup(app: &AppState, headers: &HeaderMap, id: &str) -> Result<JobView, ApiError> {
     let auth = match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {

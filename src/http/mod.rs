@@ -2,10 +2,9 @@
 
 pub mod error;
 mod jobs;
+mod state;
 mod submit;
 pub mod upload;
-
-use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -13,68 +12,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::Verifier;
-use crate::broker::{Broker, PublishError};
-use crate::idempotency::IdempotencyCache;
-use crate::index::JobIndex;
-use crate::job::{JobMeta, Status, StatusEvent};
-use crate::ratelimit::TenantLimiter;
-use crate::topology::SUBMIT_KEY;
 use error::ApiError;
-
-/// What every handler shares; a cheap clone of one `Arc`.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-pub struct Shared {
-    pub broker: Broker,
-    pub verifier: Verifier,
-    /// Largest image accepted, in bytes (`MAX_BODY_BYTES`).
-    pub max_body: usize,
-    pub limiter: Option<TenantLimiter>,
-    pub idempotency: IdempotencyCache,
-    pub index: JobIndex,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub fn new(shared: Shared) -> Self {
-        AppState(Arc::new(shared))
-    }
-
-    /// Publishes a job, then its QUEUED event. `Ok` means the broker confirmed the job into
-    /// the durable work queue; the event is best effort (the job is safe without it and
-    /// this replica's index has it either way).
-    pub async fn enqueue(&self, meta: &JobMeta, body: &[u8]) -> Result<(), PublishError> {
-        let topo = self.broker.topology();
-        self.broker
-            .publish(
-                &topo.jobs_exchange(),
-                SUBMIT_KEY,
-                body,
-                meta.to_properties(),
-            )
-            .await
-            .inspect_err(
-                |e| tracing::warn!(job_id = %meta.id, error = %e, "job not accepted by the broker"),
-            )?;
-        let event = StatusEvent::new(meta, Status::Queued);
-        self.index.apply(&event);
-        // The 202 waits for this confirm too (a replica restarted right after the 202 must
-        // find the job in the stream), but a failure only costs the event, not the job.
-        if let Err(e) = self.broker.publish_event(&event).await {
-            tracing::warn!(job_id = %meta.id, error = %e, "QUEUED event not published");
-        }
-        tracing::debug!(job_id = %meta.id, tenant_id = meta.tenant_id.0, size = body.len(), "job queued");
-        Ok(())
-    }
-}
+pub use state::{AppState, Shared};
 
 /// The whole API, ready to serve or to drive with `oneshot` in tests.
 pub fn router(state: AppState) -> Router {

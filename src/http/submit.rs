@@ -11,11 +11,12 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use super::error::ApiError;
+use super::state::AppState;
 use super::upload::{self, BodyKind};
-use super::AppState;
 use crate::auth::AuthError;
 use crate::idempotency;
-use crate::job::{JobId, JobMeta};
+use imagejobs_core::ids::JobId;
+use imagejobs_core::message::JobMeta;
 
 pub async fn submit(
     State(app): State<AppState>,
@@ -87,14 +88,13 @@ pub async fn submit(
         payload_size: Some(upload.bytes.len() as u64),
     };
     match key {
-        Some(k) => {
-            // Concurrent duplicates wait here for the first one's publish.
-            let cell = app.idempotency.cell(caller.tenant_id, &k);
-            if app.index.get(id).is_none() {
-                cell.get_or_try_init(|| app.enqueue(&meta, &upload.bytes))
-                    .await?;
-            }
-        }
+        // A job the index knows was published before (here or by another replica).
+        Some(_) if app.index.get(id).is_some() => {}
+        Some(k) => app
+            .idempotency
+            .publish_once(caller.tenant_id, k, app.enqueue(&meta, &upload.bytes))
+            .await
+            .map_err(|e| ApiError::from(e.as_ref()))?,
         None => app.enqueue(&meta, &upload.bytes).await?,
     }
     Ok(accepted(id))

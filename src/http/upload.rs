@@ -10,8 +10,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::job::Md5;
-use crate::sniff;
+use imagejobs_core::ids::Md5;
+use imagejobs_core::sniff;
 
 /// Standard alphabet; padding optional, since some encoders drop it.
 const BASE64: GeneralPurpose = GeneralPurpose::new(

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use crate::job::JobId;
+use imagejobs_core::ids::JobId;
 
 /// How one job's location is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,10 +6,8 @@
 //! Records are kept compact (about 100 bytes plus the strings they must keep) because
 //! an ingress holds every job of the stream's retention window.
 
-mod follow;
+pub mod follow;
 mod location;
-
-pub use follow::follow;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::job::{ClientId, JobId, Md5, Status, StatusEvent, TenantId};
+use imagejobs_core::ids::{ClientId, JobId, Md5, TenantId};
+use imagejobs_core::status::{Status, StatusEvent};
 
 const SHARDS: usize = 32;
 
@@ -303,7 +302,7 @@ impl JobIndex {
         self.inner.caught_up.load(Ordering::Acquire)
     }
 
-    fn set_caught_up(&self) {
+    pub(crate) fn set_caught_up(&self) {
         self.inner.caught_up.store(true, Ordering::Release);
     }
 
@@ -311,28 +310,10 @@ impl JobIndex {
     pub const RECORD_BYTES: usize = std::mem::size_of::<(JobId, Record)>();
 }
 
-/// Parses a RabbitMQ `x-max-age` value (`7D`, `12h`, `30m`, `90s`, `1Y`, `1M`).
-pub fn parse_max_age(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "D" => 86_400,
-        "M" => 30 * 86_400,
-        "Y" => 365 * 86_400,
-        _ => return None,
-    };
-    Some(Duration::from_secs(n.checked_mul(secs)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::JobMeta;
+    use imagejobs_core::message::JobMeta;
 
     fn meta(id: JobId) -> JobMeta {
         JobMeta {
@@ -455,8 +436,5 @@ mod tests {
         assert_eq!(idx.len(), 1);
         let record = JobIndex::RECORD_BYTES;
         assert!(record <= 88, "record is {record} bytes");
-        assert_eq!(parse_max_age("7D"), Some(Duration::from_secs(7 * 86_400)));
-        assert_eq!(parse_max_age("12h"), Some(Duration::from_secs(12 * 3600)));
-        assert_eq!(parse_max_age("x"), None);
     }
 }

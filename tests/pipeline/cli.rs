@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::*;
+use imagejobs_testkit::*;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -27,11 +27,11 @@ async fn cli(args: &[&str], envs: &[(&str, String)]) -> (i32, String, String) {
 
 #[tokio::test]
 async fn token_submit_wait_and_status() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|_| {}).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
-    let dir = std::env::temp_dir().join(format!("imagejobs-cli-{p}"));
+    let p = Pipeline::new().await;
+    let stubs = &p.stubs;
+    let ing = p.ingress().await;
+    let consumer = p.consumer().await;
+    let dir = std::env::temp_dir().join(format!("imagejobs-cli-{}", p.deployment.prefix));
     std::fs::create_dir_all(&dir).unwrap();
     let files: Vec<String> = (0..3)
         .map(|i| {
@@ -74,27 +74,28 @@ async fn token_submit_wait_and_status() {
 
     consumer.stop().await;
     ing.stop().await;
-    stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn dead_list_and_replay() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|c| c.force_job_status = Some(422)).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
-    let id = submit_id(&ing, &png(20, 20)).await;
-    assert_eq!(wait_terminal(&ing, &id, 1, T).await["status"], "FAILED");
-    let (_c, ch) = raw_channel().await;
-    let dead = topology(&p, &[]).dead_queue();
+    let p = Pipeline::with_stubs(|c| c.force_job_status = Some(422)).await;
+    let stubs = &p.stubs;
+    let ing = p.ingress().await;
+    let consumer = p.consumer().await;
+    let id = ing.submit_id(&png(20, 20)).await;
+    assert_eq!(ing.wait_terminal(&id, 1, T).await["status"], "FAILED");
+    let (_c, ch) = p.deployment.channel().await;
+    let dead = p.deployment.topology.dead_queue();
     eventually(T, "the job in the dead queue", || async {
         (queue_len(&ch, &dead).await == 1).then_some(())
     })
     .await;
 
-    let env = vec![("AMQP_URL", amqp_url()), ("AMQP_PREFIX", p.clone())];
+    let env = vec![
+        ("AMQP_URL", p.deployment.urls.to_string_exposed()),
+        ("AMQP_PREFIX", p.deployment.prefix.clone()),
+    ];
     let (code, out, err) = cli(&["dead", "list"], &env).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&id) && out.contains("422"), "{out}");
@@ -117,7 +118,4 @@ async fn dead_list_and_replay() {
     assert_ne!(code, 0, "nothing left to replay");
 
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }

@@ -6,20 +6,20 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 
-use crate::support::*;
-use imagejobs::job::Md5;
+use imagejobs_core::ids::Md5;
+use imagejobs_testkit::*;
 
 const T: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn happy_path_stores_the_image_and_a_smaller_thumbnail() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|_| {}).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
+    let p = Pipeline::new().await;
+    let stubs = &p.stubs;
+    let ing = p.ingress().await;
+    let consumer = p.consumer().await;
     let img = png(300, 200);
-    let id = submit_id(&ing, &img).await;
-    let job = wait_terminal(&ing, &id, 1, T).await;
+    let id = ing.submit_id(&img).await;
+    let job = ing.wait_terminal(&id, 1, T).await;
     assert_eq!(job["status"], "SUCCESS", "{job}");
     assert_eq!(job["attempts"], 1);
     assert_eq!(job["content_type"], "image/png");
@@ -43,12 +43,12 @@ async fn happy_path_stores_the_image_and_a_smaller_thumbnail() {
         "thumbnail is smaller"
     );
 
-    let statuses = statuses_of(&p, &id).await;
+    let statuses = statuses_of(&p.deployment, &id).await;
     assert!(
         statuses.contains(&"RUNNING".to_owned()) && statuses.ends_with(&["SUCCESS".to_owned()]),
         "{statuses:?}"
     );
-    let events = all_events(&p).await;
+    let events = all_events(&p.deployment).await;
     let success = events
         .iter()
         .find(|e| e.job_id.to_string() == id && e.status == "SUCCESS")
@@ -56,28 +56,20 @@ async fn happy_path_stores_the_image_and_a_smaller_thumbnail() {
     assert_eq!(success.payload_location.as_deref(), Some(thumb_loc));
 
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn bursts_of_503_are_retried_in_process() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|c| c.error_rate = 0.5).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(
-        &amqp_url(),
-        &p,
-        &stubs,
-        &["--retry-max-attempts", "12"],
-    ));
+    let p = Pipeline::with_stubs(|c| c.error_rate = 0.5).await;
+    let stubs = &p.stubs;
+    let ing = p.ingress().await;
+    let consumer = p.consumer_with(|c| c.retry_max_attempts = 12).await;
     let mut ids = vec![];
     for _ in 0..5 {
-        ids.push(submit_id(&ing, &png(20, 20)).await);
+        ids.push(ing.submit_id(&png(20, 20)).await);
     }
     for id in &ids {
-        let job = wait_terminal(&ing, id, 1, T).await;
+        let job = ing.wait_terminal(id, 1, T).await;
         assert_eq!(job["status"], "SUCCESS", "{job}");
         assert_eq!(job["attempts"], 1, "no delayed retry was needed: {job}");
     }
@@ -88,52 +80,41 @@ async fn bursts_of_503_are_retried_in_process() {
         "503s were answered and retried ({total} requests for 5 jobs)"
     );
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn a_long_outage_goes_through_a_delay_queue_and_recovers() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|c| c.error_rate = 1.0).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(
-        &amqp_url(),
-        &p,
-        &stubs,
-        &["--retry-max-attempts", "2"],
-    ));
-    let id = submit_id(&ing, &png(20, 20)).await;
+    let p = Pipeline::with_stubs(|c| c.error_rate = 1.0).await;
+    let stubs = &p.stubs;
+    let ing = p.ingress().await;
+    let consumer = p.consumer_with(|c| c.retry_max_attempts = 2).await;
+    let id = ing.submit_id(&png(20, 20)).await;
     eventually(T, "RETRYING", || async {
         let v: serde_json::Value = ing.get_job(&id, 1).await.json().await.ok()?;
         (v["status"] == "RETRYING").then_some(())
     })
     .await;
     stubs.faults().set_error_rate(0.0);
-    let job = wait_terminal(&ing, &id, 1, T).await;
+    let job = ing.wait_terminal(&id, 1, T).await;
     assert_eq!(job["status"], "SUCCESS", "{job}");
     assert!(job["attempts"].as_u64().unwrap() >= 2, "{job}");
-    let events = all_events(&p).await;
+    let events = all_events(&p.deployment).await;
     let retrying = events
         .iter()
         .find(|e| e.job_id.to_string() == id && e.status == "RETRYING")
         .unwrap();
     assert!(retrying.error.is_some() && retrying.next_attempt_at.is_some());
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn permanent_4xx_fails_at_once_into_the_dead_queue() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|c| c.force_job_status = Some(422)).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
-    let id = submit_id(&ing, &png(20, 20)).await;
-    let job = wait_terminal(&ing, &id, 1, T).await;
+    let p = Pipeline::with_stubs(|c| c.force_job_status = Some(422)).await;
+    let stubs = &p.stubs;
+    let ing = p.ingress().await;
+    let consumer = p.consumer().await;
+    let id = ing.submit_id(&png(20, 20)).await;
+    let job = ing.wait_terminal(&id, 1, T).await;
     assert_eq!(job["status"], "FAILED");
     assert_eq!(job["attempts"], 1);
     assert!(job["error"].as_str().unwrap().contains("422"), "{job}");
@@ -142,83 +123,67 @@ async fn permanent_4xx_fails_at_once_into_the_dead_queue() {
         1,
         "no retries of a permanent error"
     );
-    let (_c, ch) = raw_channel().await;
-    let dead = get_one(&ch, &topology(&p, &[]).dead_queue(), T).await;
+    let (_c, ch) = p.deployment.channel().await;
+    let dead = get_one(&ch, &p.deployment.topology.dead_queue(), T).await;
     let headers = dead.delivery.properties.headers().clone().unwrap();
-    assert!(imagejobs::job::header_string(&headers, "x-error")
+    assert!(imagejobs_core::message::header_string(&headers, "x-error")
         .unwrap()
         .contains("422"));
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn exhausted_delays_end_failed_in_the_dead_queue() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|c| c.error_rate = 1.0).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(
-        &amqp_url(),
-        &p,
-        &stubs,
-        &["--retry-max-attempts", "1"],
-    ));
+    let p = Pipeline::with_stubs(|c| c.error_rate = 1.0).await;
+    let ing = p.ingress().await;
+    let consumer = p.consumer_with(|c| c.retry_max_attempts = 1).await;
     let img = png(20, 20);
-    let id = submit_id(&ing, &img).await;
-    let job = wait_terminal(&ing, &id, 1, T).await;
+    let id = ing.submit_id(&img).await;
+    let job = ing.wait_terminal(&id, 1, T).await;
     assert_eq!(job["status"], "FAILED", "{job}");
     assert_eq!(
         job["attempts"], 3,
         "two delays (1 s, 2 s), then give up: {job}"
     );
-    let (_c, ch) = raw_channel().await;
-    let dead = get_one(&ch, &topology(&p, &[]).dead_queue(), T).await;
+    let (_c, ch) = p.deployment.channel().await;
+    let dead = get_one(&ch, &p.deployment.topology.dead_queue(), T).await;
     assert_eq!(dead.delivery.data, img, "the dead message keeps the image");
     let headers = dead.delivery.properties.headers().clone().unwrap();
-    let why = imagejobs::job::header_string(&headers, "x-error").unwrap();
+    let why = imagejobs_core::message::header_string(&headers, "x-error").unwrap();
     assert!(why.contains("gave up after 3 attempts"), "{why}");
-    let statuses = statuses_of(&p, &id).await;
+    let statuses = statuses_of(&p.deployment, &id).await;
     assert_eq!(
         statuses.iter().filter(|s| *s == "RETRYING").count(),
         2,
         "{statuses:?}"
     );
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn a_worker_failure_is_a_result_not_a_dead_letter() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|c| c.job_fail_rate = 1.0).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
-    let id = submit_id(&ing, &png(20, 20)).await;
-    let job = wait_terminal(&ing, &id, 1, T).await;
+    let p = Pipeline::with_stubs(|c| c.job_fail_rate = 1.0).await;
+    let ing = p.ingress().await;
+    let consumer = p.consumer().await;
+    let id = ing.submit_id(&png(20, 20)).await;
+    let job = ing.wait_terminal(&id, 1, T).await;
     assert_eq!(job["status"], "FAILED");
     assert_eq!(job["attempts"], 1);
     eventually(T, "the delivery acked", || async {
         (consumer.acked() == 1).then_some(())
     })
     .await;
-    let (_c, ch) = raw_channel().await;
-    let topo = topology(&p, &[]);
+    let (_c, ch) = p.deployment.channel().await;
+    let topo = &p.deployment.topology;
     assert_eq!(queue_len(&ch, &topo.dead_queue()).await, 0);
     assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0);
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 /// Publishes a job as a direct publisher would (DESIGN §4) and waits for the confirm.
 async fn publish_job(
     ch: &lapin::Channel,
-    topo: &imagejobs::topology::Topology,
+    topo: &imagejobs_core::topology::Topology,
     body: &[u8],
     props: BasicProperties,
 ) {
@@ -255,13 +220,12 @@ fn job_props(id: Option<&str>, tenant: Option<AMQPValue>, md5: Option<&str>) -> 
 
 #[tokio::test]
 async fn invalid_messages_go_to_the_dead_queue_with_a_reason() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|_| {}).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
-    let (_c, ch) = raw_channel().await;
+    let p = Pipeline::new().await;
+    let ing = p.ingress().await;
+    let consumer = p.consumer().await;
+    let (_c, ch) = p.deployment.channel().await;
     ch.confirm_select(Default::default()).await.unwrap();
-    let topo = topology(&p, &[]);
+    let topo = &p.deployment.topology;
     let img = png(10, 10);
     let ids: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     let cases: Vec<(BasicProperties, Vec<u8>, &str)> = vec![
@@ -314,13 +278,13 @@ async fn invalid_messages_go_to_the_dead_queue_with_a_reason() {
         ),
     ];
     for (props, body, _) in &cases {
-        publish_job(&ch, &topo, body, props.clone()).await;
+        publish_job(&ch, topo, body, props.clone()).await;
     }
     let mut reasons = vec![];
     for _ in &cases {
         let m = get_one(&ch, &topo.dead_queue(), T).await;
         let headers = m.delivery.properties.headers().clone().unwrap();
-        reasons.push(imagejobs::job::header_string(&headers, "x-error").unwrap());
+        reasons.push(imagejobs_core::message::header_string(&headers, "x-error").unwrap());
     }
     for (_, _, want) in &cases {
         assert!(
@@ -330,7 +294,7 @@ async fn invalid_messages_go_to_the_dead_queue_with_a_reason() {
     }
     // A job id and a tenant exist for the MD5, image and empty-body cases: FAILED events.
     for id in &ids[2..4] {
-        let job = wait_terminal(&ing, id, 5, T).await;
+        let job = ing.wait_terminal(id, 5, T).await;
         assert_eq!(job["status"], "FAILED");
     }
     assert_eq!(
@@ -339,20 +303,17 @@ async fn invalid_messages_go_to_the_dead_queue_with_a_reason() {
         "nothing requeued in a loop"
     );
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn a_direct_publish_is_processed_like_an_http_submit() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|_| {}).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
-    let (_c, ch) = raw_channel().await;
+    let p = Pipeline::new().await;
+    let stubs = &p.stubs;
+    let ing = p.ingress().await;
+    let consumer = p.consumer().await;
+    let (_c, ch) = p.deployment.channel().await;
     ch.confirm_select(Default::default()).await.unwrap();
-    let topo = topology(&p, &[]);
+    let topo = &p.deployment.topology;
     let img = png(64, 64);
     let id = uuid::Uuid::new_v4().to_string();
     let props = job_props(
@@ -361,8 +322,8 @@ async fn a_direct_publish_is_processed_like_an_http_submit() {
         Some(&Md5::of(&img).to_string()),
     )
     .with_content_type("image/png".into());
-    publish_job(&ch, &topo, &img, props).await;
-    let job = wait_terminal(&ing, &id, 77, T).await;
+    publish_job(&ch, topo, &img, props).await;
+    let job = ing.wait_terminal(&id, 77, T).await;
     assert_eq!(job["status"], "SUCCESS");
     assert_eq!(job["tenant_id"], 77);
     assert_eq!(job["md5"], Md5::of(&img).to_string());
@@ -389,8 +350,8 @@ async fn a_direct_publish_is_processed_like_an_http_submit() {
         AMQPValue::LongString(LongString::from(stored.as_str())),
     );
     props = props.with_headers(headers);
-    publish_job(&ch, &topo, &[], props).await;
-    let job = wait_terminal(&ing, &id2, 77, T).await;
+    publish_job(&ch, topo, &[], props).await;
+    let job = ing.wait_terminal(&id2, 77, T).await;
     assert_eq!(job["status"], "SUCCESS", "{job}");
     assert_eq!(
         stubs.stats().blob_puts_for(&id2),
@@ -398,29 +359,25 @@ async fn a_direct_publish_is_processed_like_an_http_submit() {
         "no upload when the payload is stored"
     );
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn prefetch_bounds_the_calls_in_flight() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|c| {
+    let p = Pipeline::with_stubs(|c| {
         c.latency_ms = 150;
         c.skip_image_work = true;
     })
     .await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let stubs = &p.stubs;
+    let ing = p.ingress().await;
     let img = png(10, 10);
     let mut ids = vec![];
     for _ in 0..16 {
-        ids.push(submit_id(&ing, &img).await);
+        ids.push(ing.submit_id(&img).await);
     }
-    let consumer =
-        TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &["--prefetch", "4"]));
+    let consumer = p.consumer_with(|c| c.prefetch = 4).await;
     for id in &ids {
-        assert_eq!(wait_terminal(&ing, id, 1, T).await["status"], "SUCCESS");
+        assert_eq!(ing.wait_terminal(id, 1, T).await["status"], "SUCCESS");
     }
     let s = stubs.stats();
     let max = s.endpoints.values().map(|e| e.max_in_flight).sum::<u64>();
@@ -445,29 +402,25 @@ async fn prefetch_bounds_the_calls_in_flight() {
         s.endpoints
     );
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn two_consumers_share_the_queue() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|c| {
+    let p = Pipeline::with_stubs(|c| {
         c.latency_ms = 30;
         c.skip_image_work = true;
     })
     .await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let ing = p.ingress().await;
     let img = png(10, 10);
     let mut ids = vec![];
     for _ in 0..20 {
-        ids.push(submit_id(&ing, &img).await);
+        ids.push(ing.submit_id(&img).await);
     }
-    let a = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &["--prefetch", "2"]));
-    let b = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &["--prefetch", "2"]));
+    let a = p.consumer_with(|c| c.prefetch = 2).await;
+    let b = p.consumer_with(|c| c.prefetch = 2).await;
     for id in &ids {
-        assert_eq!(wait_terminal(&ing, id, 1, T).await["status"], "SUCCESS");
+        assert_eq!(ing.wait_terminal(id, 1, T).await["status"], "SUCCESS");
     }
     eventually(T, "all acked", || async {
         (a.acked() + b.acked() == 20).then_some(())
@@ -481,26 +434,19 @@ async fn two_consumers_share_the_queue() {
     );
     a.stop().await;
     b.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn a_consumer_reconnects_after_losing_the_broker() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|_| {}).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let proxy = Proxy::start(broker_addr()).await;
-    let consumer = TestConsumer::start(consumer_args(&proxy.amqp_url(), &p, &stubs, &[]));
-    let id = submit_id(&ing, &png(10, 10)).await;
-    assert_eq!(wait_terminal(&ing, &id, 1, T).await["status"], "SUCCESS");
+    let p = Pipeline::new().await;
+    let ing = p.ingress().await;
+    let proxy = Proxy::start(&p.deployment.urls.0[0]).await;
+    let consumer = p.consumer_with(|c| c.broker.amqp_url = proxy.urls()).await;
+    let id = ing.submit_id(&png(10, 10)).await;
+    assert_eq!(ing.wait_terminal(&id, 1, T).await["status"], "SUCCESS");
     proxy.cut();
-    let id = submit_id(&ing, &png(10, 10)).await;
+    let id = ing.submit_id(&png(10, 10)).await;
     proxy.restore();
-    assert_eq!(wait_terminal(&ing, &id, 1, T).await["status"], "SUCCESS");
+    assert_eq!(ing.wait_terminal(&id, 1, T).await["status"], "SUCCESS");
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }

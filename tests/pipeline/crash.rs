@@ -2,28 +2,28 @@
 
 use std::time::Duration;
 
-use crate::support::*;
+use imagejobs_testkit::*;
 
 const T: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn a_consumer_killed_mid_job_leaves_one_outcome_and_idempotent_repeats() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|c| c.running_ms = 1500).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let mut first = ChildConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
+    let p = Pipeline::with_stubs(|c| c.running_ms = 1500).await;
+    let stubs = &p.stubs;
+    let ing = p.ingress().await;
+    let first = p.child_consumer();
     let img = png(50, 40);
-    let id = submit_id(&ing, &img).await;
+    let id = ing.submit_id(&img).await;
     eventually(T, "the worker to start the job", || async {
         (stubs.stats().jobs_started >= 1).then_some(())
     })
     .await;
-    first.child.kill().await.expect("SIGKILL");
+    first.signal("KILL").await.expect("SIGKILL");
 
-    let second = ChildConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
-    let job = wait_terminal(&ing, &id, 1, T).await;
+    let second = p.child_consumer();
+    let job = ing.wait_terminal(&id, 1, T).await;
     assert_eq!(job["status"], "SUCCESS", "{job}");
-    let statuses = statuses_of(&p, &id).await;
+    let statuses = statuses_of(&p.deployment, &id).await;
     let terminal = statuses
         .iter()
         .filter(|s| *s == "SUCCESS" || *s == "FAILED")
@@ -43,40 +43,34 @@ async fn a_consumer_killed_mid_job_leaves_one_outcome_and_idempotent_repeats() {
     assert_eq!(s.jobs_started, 1, "and ran it once");
     assert_eq!(&stubs.blob(&id).unwrap().0[..], &img[..]);
     drop(second);
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn sigterm_drains_jobs_in_flight_and_exits_0() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|c| c.running_ms = 1000).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let mut consumer = ChildConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
-    let id = submit_id(&ing, &png(20, 20)).await;
+    let p = Pipeline::with_stubs(|c| c.running_ms = 1000).await;
+    let stubs = &p.stubs;
+    let ing = p.ingress().await;
+    let mut consumer = p.child_consumer();
+    let id = ing.submit_id(&png(20, 20)).await;
     eventually(T, "the worker to start the job", || async {
         (stubs.stats().jobs_started >= 1).then_some(())
     })
     .await;
-    consumer.signal("-TERM");
-    let status = tokio::time::timeout(T, consumer.child.wait())
+    consumer.signal("TERM").await.expect("SIGTERM");
+    let code = consumer
+        .wait(T)
         .await
-        .expect("exits within the drain bound")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-    let job = wait_terminal(&ing, &id, 1, T).await;
+        .expect("exits within the drain bound");
+    assert_eq!(code, Some(0));
+    let job = ing.wait_terminal(&id, 1, T).await;
     assert_eq!(
         job["status"], "SUCCESS",
         "the job in flight was finished before exit"
     );
-    let (_c, ch) = raw_channel().await;
+    let (_c, ch) = p.deployment.channel().await;
     assert_eq!(
-        queue_len(&ch, &topology(&p, &[]).work_queue()).await,
+        queue_len(&ch, &p.deployment.topology.work_queue()).await,
         0,
         "and acked"
     );
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }

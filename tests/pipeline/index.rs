@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::*;
+use imagejobs_testkit::*;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -22,13 +22,12 @@ async fn status_of(ing: &TestIngress, id: &str, tenant: i64) -> (u16, Value) {
 
 #[tokio::test]
 async fn status_api_with_tenant_isolation() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|_| {}).await;
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
+    let p = Pipeline::new().await;
+    let ing = p.ingress().await;
+    let consumer = p.consumer().await;
     let img = png(120, 80);
-    let id = submit_id(&ing, &img).await;
-    let job = wait_terminal(&ing, &id, 1, T).await;
+    let id = ing.submit_id(&img).await;
+    let job = ing.wait_terminal(&id, 1, T).await;
     assert_eq!(job["status"], "SUCCESS");
     for key in [
         "id",
@@ -75,27 +74,23 @@ async fn status_api_with_tenant_isolation() {
     assert_eq!(no_token.status(), 401);
 
     consumer.stop().await;
-    ing.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn a_restarted_ingress_and_a_second_replica_know_every_job() {
-    let p = prefix();
-    let (stubs, stop) = start_stubs(|c| c.running_ms = 100).await;
-    let first = TestIngress::start(&amqp_url(), &p, &[]).await;
-    let consumer = TestConsumer::start(consumer_args(&amqp_url(), &p, &stubs, &[]));
+    let p = Pipeline::with_stubs(|c| c.running_ms = 100).await;
+    let first = p.ingress().await;
+    let consumer = p.consumer().await;
     let img = png(20, 20);
     let mut ids = vec![];
     for _ in 0..10 {
-        ids.push(submit_id(&first, &img).await);
+        ids.push(first.submit_id(&img).await);
     }
     // A replica that starts while jobs are running catches up and then follows.
-    let second = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let second = p.ingress().await;
     // Restart the first one under load: jobs in flight while it is away and comes back.
     first.stop().await;
-    let restarted = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let restarted = p.ingress().await;
     for id in &ids {
         let (code, _) = status_of(&restarted, id, 1).await;
         assert_eq!(
@@ -103,22 +98,19 @@ async fn a_restarted_ingress_and_a_second_replica_know_every_job() {
             "the restarted ingress answers for {id} as soon as it is ready"
         );
     }
-    ids.extend(futures::future::join_all((0..10).map(|_| submit_id(&restarted, &img))).await);
+    ids.extend(futures::future::join_all((0..10).map(|_| restarted.submit_id(&img))).await);
     for id in &ids {
-        let a = wait_terminal(&second, id, 1, T).await;
-        let b = wait_terminal(&restarted, id, 1, T).await;
+        let a = second.wait_terminal(id, 1, T).await;
+        let b = restarted.wait_terminal(id, 1, T).await;
         assert_eq!(a, b, "replicas agree on {id}");
         assert_eq!(a["status"], "SUCCESS");
     }
     consumer.stop().await;
     // A job still queued when an ingress restarts is QUEUED after it.
-    let queued = submit_id(&restarted, &img).await;
+    let queued = restarted.submit_id(&img).await;
     restarted.stop().await;
-    let again = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let again = p.ingress().await;
     assert_eq!(status_of(&again, &queued, 1).await.1["status"], "QUEUED");
     assert_eq!(status_of(&again, &ids[0], 1).await.1["status"], "SUCCESS");
     second.stop().await;
-    again.stop().await;
-    stop.cancel();
-    cleanup(&p).await;
 }

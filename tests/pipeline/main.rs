@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 mod cli;
 mod consumer;
 mod crash;

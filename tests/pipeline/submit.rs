@@ -6,8 +6,9 @@ use base64::Engine;
 use lapin::types::AMQPValue;
 use serde_json::{json, Value};
 
-use crate::support::*;
-use imagejobs::job::Md5;
+use imagejobs_core::config::ByteSize;
+use imagejobs_core::ids::Md5;
+use imagejobs_testkit::*;
 
 async fn error_of(resp: reqwest::Response, code: u16) -> Value {
     assert_eq!(resp.status().as_u16(), code, "status");
@@ -30,8 +31,8 @@ fn b64(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn every_submit_error_has_its_code_and_shape() {
-    let p = prefix();
-    let ing = TestIngress::start(&amqp_url(), &p, &["--max-body-bytes", "20000"]).await;
+    let p = Pipeline::new().await;
+    let ing = p.ingress_with(|c| c.max_body_bytes = ByteSize(20000)).await;
     let url = format!("{}/api/v1/job", ing.url);
     let img = png(16, 16);
     let md5 = Md5::of(&img).to_string();
@@ -61,10 +62,10 @@ async fn every_submit_error_has_its_code_and_shape() {
     )
     .await;
     let wrong_key = imagejobs::auth::mint(
-        &imagejobs::config::Secret::new("not-the-secret"),
+        &imagejobs_core::config::Secret::new("not-the-secret"),
         imagejobs::auth::Caller {
-            tenant_id: imagejobs::job::TenantId(1),
-            client_id: imagejobs::job::ClientId(1),
+            tenant_id: imagejobs_core::ids::TenantId(1),
+            client_id: imagejobs_core::ids::ClientId(1),
         },
         None,
         None,
@@ -187,20 +188,14 @@ async fn every_submit_error_has_its_code_and_shape() {
         404,
     )
     .await;
-
-    ing.stop().await;
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn seed_token_and_seed_style_body_are_accepted() {
-    let p = prefix();
-    let ing = TestIngress::start(
-        &amqp_url(),
-        &p,
-        &["--jwt-audience", "com.company.jobservice"],
-    )
-    .await;
+    let p = Pipeline::new().await;
+    let ing = p
+        .ingress_with(|c| c.jwt_audience = Some("com.company.jobservice".into()))
+        .await;
     let img = png(8, 8);
     let body =
         json!({"encoding": "base64", "MD5": Md5::of(&img).to_string(), "content": b64(&img)});
@@ -217,14 +212,12 @@ async fn seed_token_and_seed_style_body_are_accepted() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["status"], "QUEUED");
     assert_eq!(loc, format!("/api/v1/job/{}", v["id"].as_str().unwrap()));
-    ing.stop().await;
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn an_accepted_job_sits_in_the_work_queue_as_specified() {
-    let p = prefix();
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let p = Pipeline::new().await;
+    let ing = p.ingress().await;
     let img = png(32, 24);
     let md5 = Md5::of(&img);
     let resp = ing
@@ -243,8 +236,8 @@ async fn an_accepted_job_sits_in_the_work_queue_as_specified() {
         .unwrap()
         .to_owned();
 
-    let (_conn, ch) = raw_channel().await;
-    let topo = topology(&p, &[]);
+    let (_conn, ch) = p.deployment.channel().await;
+    let topo = &p.deployment.topology;
     let msg = get_one(&ch, &topo.work_queue(), Duration::from_secs(5)).await;
     let props = &msg.delivery.properties;
     assert_eq!(msg.delivery.data, img, "body is the raw image bytes");
@@ -284,14 +277,12 @@ async fn an_accepted_job_sits_in_the_work_queue_as_specified() {
         .await
         .unwrap();
     assert_eq!(status["status"], "QUEUED");
-    ing.stop().await;
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn idempotency_key_gives_one_id_and_one_message() {
-    let p = prefix();
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let p = Pipeline::new().await;
+    let ing = p.ingress().await;
     let img = png(8, 8);
     let send = |key: &'static str, tenant: i64| {
         ing.http
@@ -322,8 +313,8 @@ async fn idempotency_key_gives_one_id_and_one_message() {
     assert_eq!(a, c);
     assert_ne!(a, d, "keys are per tenant");
 
-    let (_conn, ch) = raw_channel().await;
-    let q = topology(&p, &[]).work_queue();
+    let (_conn, ch) = p.deployment.channel().await;
+    let q = p.deployment.topology.work_queue();
     eventually(
         Duration::from_secs(5),
         "two messages in the work queue",
@@ -362,14 +353,14 @@ async fn idempotency_key_gives_one_id_and_one_message() {
         .await
         .unwrap();
     error_of(bad, 400).await;
-    ing.stop().await;
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
-    let p = prefix();
-    let ing = TestIngress::start(&amqp_url(), &p, &["--queue-max-length", "2"]).await;
+    let p = Pipeline::new().await;
+    let ing = p
+        .ingress_with(|c| c.broker.topology.queue_max_length = 2)
+        .await;
     let img = png(8, 8);
     assert_eq!(ing.submit_raw(&img).await.status(), 202);
     assert_eq!(ing.submit_raw(&img).await.status(), 202);
@@ -386,39 +377,35 @@ async fn a_full_queue_answers_503_with_retry_after() {
     };
     assert!(resp.headers().get("retry-after").is_some());
     error_of(resp, 503).await;
-    let (_conn, ch) = raw_channel().await;
+    let (_conn, ch) = p.deployment.channel().await;
     assert_eq!(
-        queue_len(&ch, &topology(&p, &[]).work_queue()).await,
+        queue_len(&ch, &p.deployment.topology.work_queue()).await,
         accepted
     );
-    ing.stop().await;
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn tenant_over_its_rate_gets_429() {
-    let p = prefix();
-    let ing = TestIngress::start(
-        &amqp_url(),
-        &p,
-        &["--tenant-rate", "1", "--tenant-burst", "2"],
-    )
-    .await;
+    let p = Pipeline::new().await;
+    let ing = p
+        .ingress_with(|c| {
+            c.tenant_rate = 1;
+            c.tenant_burst = Some(2);
+        })
+        .await;
     let img = png(8, 8);
     assert_eq!(ing.submit_raw(&img).await.status(), 202);
     assert_eq!(ing.submit_raw(&img).await.status(), 202);
     let resp = ing.submit_raw(&img).await;
     assert!(resp.headers().get("retry-after").is_some());
     error_of(resp, 429).await;
-    ing.stop().await;
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn broker_outage_gives_quick_503_and_recovers_without_restart() {
-    let p = prefix();
-    let proxy = Proxy::start(broker_addr()).await;
-    let ing = TestIngress::start(&proxy.amqp_url(), &p, &[]).await;
+    let p = Pipeline::new().await;
+    let proxy = Proxy::start(&p.deployment.urls.0[0]).await;
+    let ing = p.ingress_with(|c| c.broker.amqp_url = proxy.urls()).await;
     let img = png(8, 8);
     assert_eq!(ing.submit_raw(&img).await.status(), 202);
 
@@ -444,14 +431,12 @@ async fn broker_outage_gives_quick_503_and_recovers_without_restart() {
     proxy.restore();
     ing.wait_ready().await;
     assert_eq!(ing.submit_raw(&img).await.status(), 202);
-    ing.stop().await;
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn health_and_ping() {
-    let p = prefix();
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let p = Pipeline::new().await;
+    let ing = p.ingress().await;
     let ping = ing
         .http
         .get(format!("{}/ping", ing.url))
@@ -478,22 +463,12 @@ async fn health_and_ping() {
             .status(),
         200
     );
-    ing.stop().await;
-    cleanup(&p).await;
 }
 
 #[tokio::test]
 async fn the_ingress_refuses_to_start_without_a_secret() {
-    let p = prefix();
-    let mut config = <imagejobs::ingress::IngressConfig as clap::Parser>::parse_from([
-        "imagejobs-ingress",
-        "--amqp-url",
-        &amqp_url(),
-        "--amqp-prefix",
-        &p,
-        "--port",
-        "0",
-    ]);
+    let p = Pipeline::new().await;
+    let mut config = p.ingress_config();
     config.jwt_secret = None;
     config.jwt_secret_file = None;
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -502,7 +477,8 @@ async fn the_ingress_refuses_to_start_without_a_secret() {
         .err()
         .expect("no secret, no start");
     assert!(err.to_string().contains("JWT_SECRET"), "{err}");
-    config.jwt_secret_file = Some(std::env::temp_dir().join(format!("{p}-missing-secret")));
+    config.jwt_secret_file =
+        Some(std::env::temp_dir().join(format!("{}-missing-secret", p.deployment.prefix)));
     assert!(imagejobs::ingress::Ingress::build(config, shutdown)
         .await
         .is_err());
@@ -510,8 +486,8 @@ async fn the_ingress_refuses_to_start_without_a_secret() {
 
 #[tokio::test]
 async fn bodies_without_a_useful_content_type_are_sniffed() {
-    let p = prefix();
-    let ing = TestIngress::start(&amqp_url(), &p, &[]).await;
+    let p = Pipeline::new().await;
+    let ing = p.ingress().await;
     let img = png(8, 8);
     let url = format!("{}/api/v1/job", ing.url);
     // What `curl --data-binary @x.png` sends without -H, and no type at all.
@@ -550,6 +526,4 @@ async fn bodies_without_a_useful_content_type_are_sniffed() {
         .await
         .unwrap();
     error_of(resp, 400).await;
-    ing.stop().await;
-    cleanup(&p).await;
 }

@@ -6,7 +6,8 @@ use axum::http::Request;
 use proptest::prelude::*;
 use tower::ServiceExt;
 
-use crate::support::*;
+use imagejobs_core::config::ByteSize;
+use imagejobs_testkit::*;
 
 fn content_types() -> impl Strategy<Value = Option<String>> {
     prop_oneof![
@@ -41,12 +42,8 @@ fn bodies() -> impl Strategy<Value = Vec<u8>> {
 #[test]
 fn random_requests_never_5xx_except_503() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let p = prefix();
-    let ing = rt.block_on(TestIngress::start(
-        &amqp_url(),
-        &p,
-        &["--max-body-bytes", "256"],
-    ));
+    let p = rt.block_on(Pipeline::new());
+    let ing = rt.block_on(p.ingress_with(|c| c.max_body_bytes = ByteSize(256)));
     let app = imagejobs::http::router(ing.state.clone());
     let good = token(1, 1);
     let config = ProptestConfig {
@@ -67,6 +64,5 @@ fn random_requests_never_5xx_except_503() {
     });
     rt.block_on(async {
         ing.stop().await;
-        cleanup(&p).await;
     });
 }

@@ -23,13 +23,16 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::StatusEvent;
+use crate::backoff::Backoff;
+use crate::config::{AmqpUrl, AmqpUrls};
 use crate::topology::Topology;
 
 /// How to reach the broker and how to publish on it.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    pub url: String,
+    /// The nodes to connect to; the supervisor starts on a random one and moves to the
+    /// next whenever a connection fails.
+    pub urls: AmqpUrls,
     /// Shown in the broker's management UI and `rabbitmqctl list_connections`.
     pub connection_name: String,
     pub topology: Topology,
@@ -42,9 +45,9 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
-    pub fn new(url: impl Into<String>, name: impl Into<String>, topology: Topology) -> Self {
+    pub fn new(urls: AmqpUrls, name: impl Into<String>, topology: Topology) -> Self {
         BrokerConfig {
-            url: url.into(),
+            urls,
             connection_name: name.into(),
             topology,
             channels: 8,
@@ -216,19 +219,6 @@ impl Broker {
     }
 }
 
-impl Broker {
-    /// Publishes a status event (JSON, persistent) to the events exchange and waits for
-    /// its confirm: the one way every process reports a status.
-    pub async fn publish_event(&self, event: &StatusEvent) -> Result<(), PublishError> {
-        let json = serde_json::to_vec(event)?;
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        let exchange = self.config.topology.events_exchange();
-        self.publish(&exchange, "", &json, props).await
-    }
-}
-
 /// Connects, declares, publishes the live connection, waits for it to die; repeats.
 async fn supervise(
     config: Arc<BrokerConfig>,
@@ -236,14 +226,22 @@ async fn supervise(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let urls = &config.urls.0;
+    // Start on a random node of the list, so that the processes spread over the cluster.
+    let mut next = rand::rng().random_range(0..urls.len().max(1));
     loop {
+        let Some(url) = urls.get(next % urls.len().max(1)) else {
+            tracing::error!("no AMQP URL to connect to");
+            break;
+        };
+        next += 1;
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = tokio::time::timeout(config.connect_timeout, connect(&config)) => r,
+            r = tokio::time::timeout(config.connect_timeout, connect(&config, url)) => r,
         };
         match attempt {
             Ok(Ok(live)) => {
-                tracing::info!(name = %config.connection_name, "connected to the broker");
+                tracing::info!(name = %config.connection_name, node = %url, "connected to the broker");
                 backoff.reset();
                 tx.send_replace(Some(live.clone()));
                 tokio::select! {
@@ -258,8 +256,10 @@ async fn supervise(
                     }
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "broker connection failed"),
-            Err(_) => tracing::warn!("broker connection attempt timed out"),
+            Ok(Err(e)) => {
+                tracing::warn!(node = %url, error = %format!("{e:#}"), "broker connection failed")
+            }
+            Err(_) => tracing::warn!(node = %url, "broker connection attempt timed out"),
         }
         let delay = backoff.next_delay();
         tokio::select! {
@@ -270,11 +270,11 @@ async fn supervise(
     tx.send_replace(None);
 }
 
-async fn connect(config: &BrokerConfig) -> anyhow::Result<Arc<Live>> {
+async fn connect(config: &BrokerConfig, url: &AmqpUrl) -> anyhow::Result<Arc<Live>> {
     use anyhow::Context;
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(config.connection_name.as_str()));
-    let connection = Connection::connect(&config.url, props)
+    let connection = Connection::connect(url.expose(), props)
         .await
         .context("connecting")?;
     let closed = CancellationToken::new();
@@ -327,32 +327,4 @@ async fn connect(config: &BrokerConfig) -> anyhow::Result<Arc<Live>> {
         pool,
         closed,
     }))
-}
-
-/// Exponential backoff with full jitter, for reconnecting.
-#[derive(Debug)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16));
-        self.attempt = self.attempt.saturating_add(1);
-        let ceiling = exp.min(self.cap);
-        let half = ceiling / 2;
-        half + rand::rng().random_range(Duration::ZERO..=half)
-    }
 }

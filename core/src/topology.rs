@@ -11,7 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use serde_json::{json, Map, Value};
 
-use crate::config::TopologyArgs;
+use crate::config::{ByteSize, MaxAge, TopologyArgs};
 
 /// Routing key of job messages on the jobs exchange.
 pub const SUBMIT_KEY: &str = "submit";
@@ -47,8 +47,8 @@ pub struct Topology {
     prefix: String,
     max_length: u64,
     delivery_limit: u32,
-    events_max_age: String,
-    events_max_bytes: u64,
+    events_max_age: MaxAge,
+    events_max_bytes: ByteSize,
     retry_delays: Vec<Duration>,
 }
 
@@ -66,6 +66,13 @@ impl Topology {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+    /// How long the events stream keeps events (and the index its jobs).
+    pub fn events_max_age(&self) -> &MaxAge {
+        &self.events_max_age
+    }
+    pub fn delivery_limit(&self) -> u32 {
+        self.delivery_limit
     }
     /// Direct exchange that takes jobs with routing key [`SUBMIT_KEY`].
     pub fn jobs_exchange(&self) -> String {
@@ -145,8 +152,14 @@ impl Topology {
                 name: self.events_stream(),
                 args: vec![
                     ("x-queue-type", Str("stream".into())),
-                    ("x-max-age", Str(self.events_max_age.clone())),
-                    ("x-max-length-bytes", Int(self.events_max_bytes as i64)),
+                    (
+                        "x-max-age",
+                        Str(self.events_max_age.as_rabbitmq().to_owned()),
+                    ),
+                    (
+                        "x-max-length-bytes",
+                        Int(i64::try_from(self.events_max_bytes.0).unwrap_or(i64::MAX)),
+                    ),
                 ],
             },
             Declaration::Binding {
@@ -274,32 +287,9 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        topology: TopologyArgs,
-    }
 
     fn defaults() -> Topology {
-        // Parse with no flags and no environment overrides of our variables.
-        let cli = Cli::parse_from([
-            "x",
-            "--amqp-prefix",
-            "imagejobs",
-            "--retry-delays",
-            "5,30,300",
-            "--queue-max-length",
-            "1000000",
-            "--queue-delivery-limit",
-            "10",
-            "--events-max-age",
-            "7D",
-            "--events-max-bytes",
-            "5000000000",
-        ]);
-        Topology::new(&cli.topology)
+        Topology::new(&TopologyArgs::default())
     }
 
     #[test]
@@ -315,13 +305,12 @@ mod tests {
     }
 
     /// `rabbitmq/definitions.json` is what the code declares with default settings.
-    /// Regenerate it with `cargo run --bin imagejobs -- definitions > rabbitmq/definitions.json`
-    /// when this fails after a deliberate change.
+    /// Regenerate it with `make definitions` when this fails after a deliberate change.
     #[test]
     fn definitions_file_matches_code() {
         let file = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/rabbitmq/definitions.json"
+            "/../rabbitmq/definitions.json"
         ))
         .expect("rabbitmq/definitions.json exists");
         let on_disk: Value = serde_json::from_str(&file).expect("definitions.json is JSON");

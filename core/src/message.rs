@@ -1,231 +1,101 @@
-//! Wire types: the job message and the status event.
+//! The job message on the wire (DESIGN §4): its headers, and the codec between a message's
+//! AMQP properties and [`JobMeta`].
 //!
-//! These are the only types that cross process boundaries. Everything a producer puts on
-//! the wire is parsed here into newtypes (`JobId`, `TenantId`, `Md5`, ...) so the rest of
-//! the code never handles raw header values. New fields must be optional.
+//! Every header name any process reads or writes is in [`header`], and [`HEADERS`] says, as
+//! data, which process writes each and which reads it.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
-use md5::{Digest, Md5 as Md5Hasher};
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-/// Header names of the job message (DESIGN §4).
+use crate::ids::{ClientId, JobId, Md5, TenantId};
+
+/// Header names of job messages and of the messages the broker hands back.
 pub mod header {
+    /// The job's tenant (integer, required).
     pub const TENANT_ID: &str = "tenant_id";
+    /// The client within the tenant (integer, required).
     pub const CLIENT_ID: &str = "client_id";
+    /// Hex MD5 of the body (optional; checked when present).
     pub const MD5: &str = "md5";
+    /// The attempt this message is (integer; absent means 1).
     pub const ATTEMPT: &str = "x-attempt";
+    /// Where the image already is, for a message with an empty body.
     pub const PAYLOAD_LOCATION: &str = "payload_location";
+    /// Why a consumer dead-lettered the message.
     pub const ERROR: &str = "x-error";
-}
+    /// How often a quorum queue delivered the message before (set by the broker).
+    pub const DELIVERY_COUNT: &str = "x-delivery-count";
+    /// Why the broker dead-lettered a message by itself (set by the broker).
+    pub const DEATH: &str = "x-death";
+    /// The offset of a message in a stream (set by the broker on stream deliveries).
+    pub const STREAM_OFFSET: &str = "x-stream-offset";
 
-/// A job's id: a UUID, carried as the message's `message_id`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JobId(pub Uuid);
-
-impl JobId {
-    pub fn new() -> Self {
-        JobId(Uuid::new_v4())
-    }
-
-    /// The id of a job submitted with an `Idempotency-Key`: derived from tenant and key, so
-    /// every ingress replica (and a restarted one) maps the same key to the same job.
-    pub fn for_idempotency_key(tenant: TenantId, key: &str) -> Self {
-        const NAMESPACE: Uuid = Uuid::from_u128(0x6a0b_1e7c_0d4f_4b8e_9a51_3c2e_77f0_1d2a);
-        JobId(Uuid::new_v5(
-            &NAMESPACE,
-            format!("{}:{}", tenant.0, key).as_bytes(),
-        ))
+    /// Whether the broker wrote `name` when it dead-lettered a message (`x-death`,
+    /// `x-first-death-*`, `x-last-death-*`).
+    pub fn is_death_mark(name: &str) -> bool {
+        name == DEATH || name.starts_with("x-first-death") || name.starts_with("x-last-death")
     }
 }
 
-impl Default for JobId {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Who writes and who reads one header.
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderRule {
+    pub name: &'static str,
+    pub written_by: &'static str,
+    pub read_by: &'static str,
 }
 
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for JobId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(JobId)
-    }
-}
-
-/// The tenant a job belongs to (the token's `tid`, or the `tenant_id` header).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TenantId(pub i64);
-
-/// The client within a tenant that submitted a job (the token's `oid`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ClientId(pub i64);
-
-/// An MD5 digest, shown as 32 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Md5(pub [u8; 16]);
-
-impl Md5 {
-    pub fn of(bytes: &[u8]) -> Self {
-        Md5(Md5Hasher::digest(bytes).into())
-    }
-
-    /// Parses 32 hex digits, either case.
-    pub fn from_hex(s: &str) -> Option<Self> {
-        let s = s.trim();
-        if s.len() != 32 || !s.is_ascii() {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(Md5(out))
-    }
-}
-
-impl fmt::Display for Md5 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Md5 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Md5({self})")
-    }
-}
-
-impl Serialize for Md5 {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Md5 {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Md5::from_hex(&s).ok_or_else(|| serde::de::Error::custom("md5 must be 32 hex digits"))
-    }
-}
-
-/// A job's status. The order is the order a status may move in within one attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Status {
-    Queued,
-    Running,
-    Retrying,
-    Success,
-    Failed,
-}
-
-impl Status {
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Success | Status::Failed)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "QUEUED",
-            Status::Running => "RUNNING",
-            Status::Retrying => "RETRYING",
-            Status::Success => "SUCCESS",
-            Status::Failed => "FAILED",
-        }
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The current time as RFC 3339 with milliseconds, the format of every `at` field.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-/// A status event, published as JSON on the events exchange (DESIGN §4).
-///
-/// `status` is kept as a string on the wire so that readers can skip statuses they do not
-/// know (marker events, statuses added later) instead of failing to parse the event.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StatusEvent {
-    pub job_id: JobId,
-    pub tenant_id: TenantId,
-    pub client_id: ClientId,
-    pub status: String,
-    pub attempt: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload_location: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload_size: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub md5: Option<Md5>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_attempt_at: Option<String>,
-    pub at: String,
-}
-
-impl StatusEvent {
-    /// An event for `job` with the job's own facts filled in.
-    pub fn new(job: &JobMeta, status: Status) -> Self {
-        StatusEvent {
-            job_id: job.id,
-            tenant_id: job.tenant_id,
-            client_id: job.client_id,
-            status: status.as_str().to_owned(),
-            attempt: job.attempt,
-            payload_location: job.payload_location.clone(),
-            payload_size: job.payload_size,
-            content_type: job.content_type.clone(),
-            md5: job.md5,
-            error: None,
-            next_attempt_at: None,
-            at: now_rfc3339(),
-        }
-    }
-
-    /// The status, when it is one this version knows.
-    pub fn known_status(&self) -> Option<Status> {
-        match self.status.as_str() {
-            "QUEUED" => Some(Status::Queued),
-            "RUNNING" => Some(Status::Running),
-            "RETRYING" => Some(Status::Retrying),
-            "SUCCESS" => Some(Status::Success),
-            "FAILED" => Some(Status::Failed),
-            _ => None,
-        }
-    }
-
-    pub fn with_error(mut self, error: impl Into<String>) -> Self {
-        self.error = Some(error.into());
-        self
-    }
-}
+/// The header table: every header of a job message and who touches it.
+pub const HEADERS: &[HeaderRule] = &[
+    HeaderRule {
+        name: header::TENANT_ID,
+        written_by: "ingress, direct publishers",
+        read_by: "consumer (validation, events), cli dead list",
+    },
+    HeaderRule {
+        name: header::CLIENT_ID,
+        written_by: "ingress, direct publishers",
+        read_by: "consumer",
+    },
+    HeaderRule {
+        name: header::MD5,
+        written_by: "ingress, direct publishers",
+        read_by: "consumer (checked against the body)",
+    },
+    HeaderRule {
+        name: header::PAYLOAD_LOCATION,
+        written_by: "direct publishers that stored the image",
+        read_by: "consumer (skips the blob upload)",
+    },
+    HeaderRule {
+        name: header::ATTEMPT,
+        written_by: "consumer (retry copies), cli dead replay",
+        read_by: "consumer, cli",
+    },
+    HeaderRule {
+        name: header::ERROR,
+        written_by: "consumer (dead-letter copies)",
+        read_by: "cli dead list; dropped by cli dead replay",
+    },
+    HeaderRule {
+        name: header::DELIVERY_COUNT,
+        written_by: "broker (quorum queues)",
+        read_by: "consumer (delivery limit); dropped from every copy",
+    },
+    HeaderRule {
+        name: header::DEATH,
+        written_by: "broker (dead-lettering by itself)",
+        read_by: "cli dead list; dropped by cli dead replay",
+    },
+    HeaderRule {
+        name: header::STREAM_OFFSET,
+        written_by: "broker (stream deliveries)",
+        read_by: "events stream readers (resume after a reconnect)",
+    },
+];
 
 /// What a job message says about its job, apart from the image bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -272,7 +142,8 @@ pub enum InvalidJob {
     NotAnImage,
 }
 
-fn header_int(value: &AMQPValue) -> Option<i64> {
+/// A header as an integer, whatever its AMQP width.
+pub fn header_int(value: &AMQPValue) -> Option<i64> {
     match value {
         AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
         AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
@@ -296,9 +167,55 @@ fn header_str(value: &AMQPValue) -> Option<String> {
     }
 }
 
-/// Reads a string header, for callers outside this module (e.g. `x-error`).
+/// Reads a string header (e.g. `x-error`).
 pub fn header_string(headers: &FieldTable, name: &str) -> Option<String> {
     headers.inner().get(name).and_then(header_str)
+}
+
+/// How often the broker has delivered this message before (quorum queues count it).
+pub fn delivery_count(props: &BasicProperties) -> u32 {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(header::DELIVERY_COUNT))
+        .and_then(header_int)
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// The offset the broker stamped on a stream delivery.
+pub fn stream_offset(props: &BasicProperties) -> Option<i64> {
+    match props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(header::STREAM_OFFSET))?
+    {
+        AMQPValue::LongLongInt(off) => Some(*off),
+        other => header_int(other),
+    }
+}
+
+/// The headers of a copy of a message (a retry, a dead letter, a replay): those of `props`
+/// that `keep` accepts, then `set`. The broker's delivery count is never copied: a copy is
+/// a new message, and a stale count would make it look redelivered.
+pub fn copied_headers(
+    props: &BasicProperties,
+    keep: impl Fn(&str) -> bool,
+    set: (&str, AMQPValue),
+) -> FieldTable {
+    let mut headers = FieldTable::default();
+    for (k, v) in props
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().iter())
+        .into_iter()
+        .flatten()
+    {
+        if k.as_str() != header::DELIVERY_COUNT && keep(k.as_str()) {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    headers.insert(set.0.into(), set.1);
+    headers
 }
 
 impl JobMeta {
@@ -353,7 +270,7 @@ impl JobMeta {
     }
 
     /// The message properties of a job message: persistent, with id, type, time and the
-    /// headers of DESIGN §4. `extra` headers (such as `x-error`) are added on top.
+    /// headers of DESIGN §4.
     pub fn to_properties(&self) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(
@@ -399,7 +316,9 @@ impl JobMeta {
 }
 
 impl JobMessage {
-    /// Parses and checks a delivered message: properties, body, MD5 and image type.
+    /// Parses and checks a delivered message: properties, body, MD5 and image type. On
+    /// failure, the job's facts come along when they could be read, so that the job can
+    /// still be reported.
     pub fn validate(
         props: &BasicProperties,
         body: Bytes,
@@ -457,16 +376,6 @@ mod tests {
     }
 
     #[test]
-    fn md5_hex() {
-        let m = Md5::of(b"hello");
-        assert_eq!(m.to_string(), "5d41402abc4b2a76b9719d911017c592");
-        assert_eq!(Md5::from_hex("5D41402ABC4B2A76B9719D911017C592"), Some(m));
-        assert_eq!(Md5::from_hex("5d41"), None);
-        assert_eq!(Md5::from_hex("zz41402abc4b2a76b9719d911017c592"), None);
-        assert_eq!(Md5::from_hex("é41402abc4b2a76b9719d911017c59"), None);
-    }
-
-    #[test]
     fn integer_headers_in_any_width_or_as_strings() {
         let mut props = meta().to_properties();
         let mut headers = FieldTable::default();
@@ -504,21 +413,35 @@ mod tests {
     }
 
     #[test]
-    fn event_json_skips_unknown_status_and_absent_fields() {
-        let ev = StatusEvent::new(&meta(), Status::Queued);
-        let json = serde_json::to_value(&ev).unwrap();
-        assert_eq!(json["status"], "QUEUED");
-        assert!(json.get("error").is_none());
-        let mut ev2: StatusEvent = serde_json::from_value(json).unwrap();
-        assert_eq!(ev2.known_status(), Some(Status::Queued));
-        ev2.status = "MARKER".into();
-        assert_eq!(ev2.known_status(), None);
+    fn copies_drop_the_delivery_count_and_keep_the_rest() {
+        let mut h = FieldTable::default();
+        h.insert(header::DELIVERY_COUNT.into(), AMQPValue::LongLongInt(4));
+        h.insert(header::TENANT_ID.into(), AMQPValue::LongLongInt(1));
+        h.insert(header::ERROR.into(), AMQPValue::LongString("old".into()));
+        let props = BasicProperties::default().with_headers(h);
+        assert_eq!(delivery_count(&props), 4);
+        let copy = copied_headers(
+            &props,
+            |name| name != header::ERROR,
+            (header::ATTEMPT, AMQPValue::LongLongInt(2)),
+        );
+        let copy = copy.inner();
+        assert!(copy.get(header::DELIVERY_COUNT).is_none());
+        assert!(copy.get(header::ERROR).is_none());
+        assert_eq!(
+            copy.get(header::TENANT_ID),
+            Some(&AMQPValue::LongLongInt(1))
+        );
+        assert_eq!(copy.get(header::ATTEMPT), Some(&AMQPValue::LongLongInt(2)));
     }
 
     #[test]
-    fn idempotency_ids_are_per_tenant_and_stable() {
-        let a = JobId::for_idempotency_key(TenantId(1), "k");
-        assert_eq!(a, JobId::for_idempotency_key(TenantId(1), "k"));
-        assert_ne!(a, JobId::for_idempotency_key(TenantId(2), "k"));
+    fn the_header_table_names_every_header_once() {
+        let mut names: Vec<_> = HEADERS.iter().map(|h| h.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), HEADERS.len());
+        assert!(header::is_death_mark("x-death") && header::is_death_mark("x-last-death-queue"));
+        assert!(!header::is_death_mark(header::ERROR));
     }
 }

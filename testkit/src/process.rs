@@ -1,5 +1,7 @@
-//! Child processes of the run (ingress and consumers, from the release binaries): start,
-//! readiness, memory from `/proc/PID/status`, and a clean stop.
+//! Child processes (ingress and consumers from the built binaries): start with their
+//! output in a log file, optionally under `perf record`, memory from `/proc/PID/status`,
+//! signals, and a clean stop. Used by the tests that kill processes for real and by the
+//! benchmarks.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -7,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
-use tokio::time::Instant;
 
 /// Resident memory of a process, in bytes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -57,7 +58,7 @@ impl Service {
         }
         let child = cmd.spawn().with_context(|| {
             format!(
-                "starting {} (build it with `cargo build --release --workspace --bins`)",
+                "starting {} (build it with `cargo build --workspace --bins`)",
                 program.display()
             )
         })?;
@@ -117,6 +118,25 @@ impl Service {
         Ok(())
     }
 
+    /// Sends `signal` (`KILL`, `TERM`, `STOP`, `CONT` ...) to the process.
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        // `kill` the command: the workspace forbids `unsafe`, so no libc::kill here.
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -{signal} {} failed", self.pid);
+        Ok(())
+    }
+
+    /// Waits for the process to exit, up to `deadline`; its exit code.
+    pub async fn wait(&mut self, deadline: Duration) -> anyhow::Result<Option<i32>> {
+        let status = tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .with_context(|| format!("{} still runs after {deadline:?}", self.name))??;
+        Ok(status.code())
+    }
+
     pub fn memory(&self) -> anyhow::Result<Memory> {
         memory_of(self.pid)
     }
@@ -140,11 +160,7 @@ impl Service {
         if self.child.try_wait()?.is_some() {
             return Ok(());
         }
-        // `kill` the command: the workspace forbids `unsafe`, so no libc::kill here.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .await;
+        let _ = self.signal("TERM").await;
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(status) => {
                 status?;
@@ -180,24 +196,28 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, failing after `deadline`.
-pub async fn eventually<T, F, Fut>(
-    deadline: Duration,
-    what: &str,
-    mut check: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await? {
-            return Ok(v);
-        }
-        if Instant::now() > end {
-            bail!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// The directory of the workspace's built binaries: that of the running executable, or
+/// its parent for a test binary (which lives in `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the running executable");
+    let dir = exe
+        .parent()
+        .expect("the executable's directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
     }
+}
+
+/// The path of workspace binary `name` in [`bin_dir`], checked to exist.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
+    path
 }

@@ -1,0 +1,184 @@
+//! One delivery, from validation to ack: decides its [`Outcome`] (validation, the
+//! delivery limit, or an attempt through the [`Pipeline`]), asks `outcome::settle` what
+//! that means, and carries the [`Settlement`] out.
+//!
+//! Every path ends in exactly one of: ack after the copy (if any) and the event are
+//! confirmed by the broker; or nack with requeue when they are not, or when the attempt
+//! was abandoned, so that nothing is lost.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, LongString};
+use lapin::BasicProperties;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use imagejobs_core::broker::{Broker, PublishError};
+use imagejobs_core::events::EventSink;
+use imagejobs_core::message::{copied_headers, delivery_count, header, JobMessage};
+use imagejobs_core::status::{Status, StatusEvent};
+
+use crate::outcome::{self, Copy, Mark, Outcome, Route, Settlement, Then};
+use crate::pipeline::Pipeline;
+
+/// Counters of one consumer process, for tests and logs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Deliveries acked after their outcome was recorded.
+    pub acked: AtomicU64,
+    /// Deliveries returned to the queue (outcome not recorded, or attempt abandoned).
+    pub requeued: AtomicU64,
+}
+
+/// What every delivery task shares.
+pub struct Handler {
+    pub broker: Broker,
+    pub events: EventSink,
+    pub pipeline: Pipeline,
+    pub stats: Arc<Stats>,
+}
+
+impl Handler {
+    /// Processes one delivery and settles it. `abandon` is cancelled when the consumer
+    /// stops waiting for its jobs (drain timeout).
+    pub async fn handle(&self, delivery: Delivery, abandon: &CancellationToken) {
+        let Delivery {
+            properties,
+            data,
+            acker,
+            ..
+        } = delivery;
+        let body = Bytes::from(data);
+        let span = tracing::info_span!(
+            "job",
+            message_id = properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str())
+                .unwrap_or("-"),
+        );
+        let then = async {
+            let settlement = self.decide(&properties, body.clone(), abandon).await;
+            self.carry_out(&properties, &body, settlement).await
+        }
+        .instrument(span)
+        .await;
+        let (result, counter) = match then {
+            Then::Ack => (
+                acker.ack(BasicAckOptions::default()).await,
+                &self.stats.acked,
+            ),
+            Then::Requeue => {
+                let nack = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                (acker.nack(nack).await, &self.stats.requeued)
+            }
+        };
+        match result {
+            Ok(_) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            // The channel is gone; the broker requeues the delivery by itself.
+            Err(e) => tracing::debug!(error = %e, "could not settle a delivery"),
+        }
+    }
+
+    async fn decide(
+        &self,
+        props: &BasicProperties,
+        body: Bytes,
+        abandon: &CancellationToken,
+    ) -> Settlement {
+        let delays = self.broker.topology().retry_delays();
+        let job = match JobMessage::validate(props, body) {
+            Ok(job) => job,
+            Err((why, meta)) => {
+                let outcome = Outcome::Invalid(why.to_string());
+                return outcome::settle(meta.as_deref(), outcome, delays, SystemTime::now());
+            }
+        };
+        let meta = &job.meta;
+        let redeliveries = delivery_count(props);
+        let limit = self.broker.topology().delivery_limit();
+        if redeliveries > 0 && redeliveries + 1 >= limit {
+            let outcome = Outcome::DeliveryLimit {
+                deliveries: redeliveries + 1,
+            };
+            return outcome::settle(Some(meta), outcome, delays, SystemTime::now());
+        }
+        // RUNNING is informative: it goes out first, and its confirm is awaited alongside
+        // the work rather than before it; if it is lost the index moves on with the outcome.
+        let running = StatusEvent::new(meta, Status::Running);
+        let running = self.events.publish(&running);
+        let (running, outcome) = tokio::join!(running, self.pipeline.run(&job, abandon));
+        if let Err(e) = running {
+            tracing::debug!(job_id = %meta.id, error = %e, "RUNNING event not confirmed");
+        }
+        outcome::settle(Some(meta), outcome, delays, SystemTime::now())
+    }
+
+    /// Publishes the copy, then the event, each with its confirm; `Requeue` when either
+    /// is not confirmed.
+    async fn carry_out(&self, props: &BasicProperties, body: &[u8], s: Settlement) -> Then {
+        let job_id = s.event.as_ref().map(|e| e.job_id);
+        if let Some(copy) = &s.copy {
+            log_copy(copy, s.event.as_ref());
+            if let Err(e) = self.publish_copy(props, body, copy).await {
+                tracing::warn!(?job_id, error = %e, "could not publish the job's copy; returning it to the queue");
+                return Then::Requeue;
+            }
+        }
+        if let Some(event) = &s.event {
+            if let Err(e) = self.events.publish(event).await {
+                tracing::warn!(?job_id, error = %e, "could not record the job's outcome; returning it to the queue");
+                return Then::Requeue;
+            }
+        }
+        s.then
+    }
+
+    async fn publish_copy(
+        &self,
+        props: &BasicProperties,
+        body: &[u8],
+        copy: &Copy,
+    ) -> Result<(), PublishError> {
+        let topo = self.broker.topology();
+        let (exchange, key) = match copy.route {
+            Route::Retry(delay) => (String::new(), topo.retry_queue(delay)),
+            Route::DeadLetter => (topo.dead_letter_exchange(), String::new()),
+        };
+        let mark = match &copy.mark {
+            Mark::Attempt(n) => (header::ATTEMPT, AMQPValue::LongLongInt(i64::from(*n))),
+            Mark::Error(why) => (
+                header::ERROR,
+                AMQPValue::LongString(LongString::from(why.as_str())),
+            ),
+        };
+        let headers = copied_headers(props, |_| true, mark);
+        self.broker
+            .publish(&exchange, &key, body, props.clone().with_headers(headers))
+            .await
+    }
+}
+
+fn log_copy(copy: &Copy, event: Option<&StatusEvent>) {
+    let job_id = event.map(|e| e.job_id);
+    match (&copy.route, &copy.mark) {
+        (Route::Retry(delay), _) => {
+            let error = event.and_then(|e| e.error.as_deref()).unwrap_or_default();
+            tracing::info!(?job_id, %error, delay_s = delay.as_secs(), "retrying later");
+        }
+        (Route::DeadLetter, Mark::Error(why)) => {
+            tracing::warn!(?job_id, %why, "dead-lettering");
+        }
+        (Route::DeadLetter, _) => tracing::warn!(?job_id, "dead-lettering"),
+    }
+}

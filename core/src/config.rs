@@ -1,0 +1,482 @@
+//! Settings shared by every process that talks to the broker, parsed once by clap from
+//! flags or environment variables (DESIGN §7) into domain types: durations, sizes, URLs.
+//! Nothing past this module converts a `u64` of milliseconds or re-parses a string.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// The default `AMQP_URL`.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Where the broker is and how our part of it is laid out.
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct BrokerArgs {
+    /// AMQP URL of the RabbitMQ node, or a comma-separated list of a cluster's nodes.
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
+    pub amqp_url: AmqpUrls,
+
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+}
+
+impl Default for BrokerArgs {
+    fn default() -> Self {
+        BrokerArgs {
+            amqp_url: DEFAULT_AMQP_URL.parse().unwrap_or_default(),
+            topology: TopologyArgs::default(),
+        }
+    }
+}
+
+impl BrokerArgs {
+    /// The flags that give a child process these settings.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = vec!["--amqp-url".to_owned(), self.amqp_url.to_string_exposed()];
+        out.extend(self.topology.to_args());
+        out
+    }
+}
+
+/// The names and limits of the topology (DESIGN §4).
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct TopologyArgs {
+    /// Prefix of every exchange and queue name, so several deployments share one broker.
+    #[arg(long, env = "AMQP_PREFIX", default_value = "imagejobs")]
+    pub amqp_prefix: String,
+
+    /// Most jobs the work queue holds; publishes beyond it are refused (HTTP 503).
+    #[arg(long, env = "QUEUE_MAX_LENGTH", default_value_t = 1_000_000)]
+    pub queue_max_length: u64,
+
+    /// Deliveries of one message before the broker dead-letters it by itself (a job that
+    /// keeps crashing its consumer).
+    #[arg(long, env = "QUEUE_DELIVERY_LIMIT", default_value_t = 10)]
+    pub queue_delivery_limit: u32,
+
+    /// How long the events stream keeps events (RabbitMQ's `x-max-age` syntax: 7D, 12h).
+    #[arg(long, env = "EVENTS_MAX_AGE", default_value = "7D")]
+    pub events_max_age: MaxAge,
+
+    /// Most bytes the events stream keeps (a number of bytes, or with a unit: 5GB, 512MiB).
+    #[arg(long, env = "EVENTS_MAX_BYTES", default_value = "5000000000")]
+    pub events_max_bytes: ByteSize,
+
+    /// Delays in seconds of the delayed-retry queues, comma-separated; empty for none.
+    #[arg(long, env = "RETRY_DELAYS", default_value = "5,30,300", value_parser = parse_delays)]
+    pub retry_delays: RetryDelays,
+}
+
+impl Default for TopologyArgs {
+    /// The command line's defaults, without reading the environment.
+    fn default() -> Self {
+        TopologyArgs {
+            amqp_prefix: "imagejobs".into(),
+            queue_max_length: 1_000_000,
+            queue_delivery_limit: 10,
+            events_max_age: MaxAge::days(7),
+            events_max_bytes: ByteSize(5_000_000_000),
+            retry_delays: RetryDelays([5, 30, 300].into_iter().map(Duration::from_secs).collect()),
+        }
+    }
+}
+
+impl TopologyArgs {
+    /// Defaults with another prefix.
+    pub fn with_prefix(prefix: impl Into<String>) -> Self {
+        TopologyArgs {
+            amqp_prefix: prefix.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The flags that give a child process these settings.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            "--amqp-prefix".into(),
+            self.amqp_prefix.clone(),
+            "--queue-max-length".into(),
+            self.queue_max_length.to_string(),
+            "--queue-delivery-limit".into(),
+            self.queue_delivery_limit.to_string(),
+            "--events-max-age".into(),
+            self.events_max_age.to_string(),
+            "--events-max-bytes".into(),
+            self.events_max_bytes.0.to_string(),
+            "--retry-delays".into(),
+            self.retry_delays.to_string(),
+        ]
+    }
+}
+
+/// One AMQP URL, checked when parsed; shown without its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl(String);
+
+impl AmqpUrl {
+    /// The URL with its password, to connect with.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// host:port of the URL (for logs and for proxies in tests).
+    pub fn authority(&self) -> String {
+        let rest = self.0.split_once("://").map_or(&self.0[..], |(_, r)| r);
+        let hostpath = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        hostpath.split('/').next().unwrap_or_default().to_owned()
+    }
+
+    /// The same URL with host:port replaced by `authority`.
+    pub fn with_authority(&self, authority: &str) -> AmqpUrl {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("amqp", &self.0));
+        let (auth, hostpath) = match rest.rsplit_once('@') {
+            Some((a, h)) => (format!("{a}@"), h),
+            None => (String::new(), rest),
+        };
+        let path = hostpath.find('/').map_or("", |i| &hostpath[i..]);
+        AmqpUrl(format!("{scheme}://{auth}{authority}{path}"))
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        lapin::uri::AMQPUri::from_str(s)
+            .map_err(|e| format!("{:?} is not an AMQP URL: {e}", redact(s)))?;
+        Ok(AmqpUrl(s.to_owned()))
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({self})")
+    }
+}
+
+/// The nodes a process may connect to: `AMQP_URL`, one URL or a comma-separated list.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct AmqpUrls(pub Vec<AmqpUrl>);
+
+impl AmqpUrls {
+    pub fn first(&self) -> Option<&AmqpUrl> {
+        self.0.first()
+    }
+
+    /// The list as `AMQP_URL` takes it, passwords included (for child processes).
+    pub fn to_string_exposed(&self) -> String {
+        let urls: Vec<&str> = self.0.iter().map(AmqpUrl::expose).collect();
+        urls.join(",")
+    }
+}
+
+impl FromStr for AmqpUrls {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let urls = s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(AmqpUrl::from_str)
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err("no AMQP URL given".into());
+        }
+        Ok(AmqpUrls(urls))
+    }
+}
+
+impl fmt::Display for AmqpUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, u) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{u}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A URL with its password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A number of bytes: plain (`3145728`) or with a unit (`3MiB`, `5GB`, `512 KiB`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn mib(n: u64) -> Self {
+        ByteSize(n * 1024 * 1024)
+    }
+
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, unit) = s.split_at(split);
+        let n: u64 = n
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (e.g. 3145728, 3MiB, 5GB)"))?;
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?} (B, KB, KiB, MB, MiB, GB, GiB)"
+                ))
+            }
+        };
+        n.checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A stream retention age in RabbitMQ's `x-max-age` syntax (`7D`, `12h`, `30m`, `90s`,
+/// `1M`, `1Y`), kept both as the broker's text and as a `Duration` for the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaxAge {
+    text: String,
+    duration: Duration,
+}
+
+impl MaxAge {
+    pub fn days(n: u64) -> Self {
+        MaxAge {
+            text: format!("{n}D"),
+            duration: Duration::from_secs(n * 86_400),
+        }
+    }
+
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// The value for the stream's `x-max-age` argument.
+    pub fn as_rabbitmq(&self) -> &str {
+        &self.text
+    }
+}
+
+impl FromStr for MaxAge {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not an age like 7D, 12h, 30m, 90s, 1M or 1Y");
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (n, unit) = s.split_at(split);
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "D" => 86_400,
+            "M" => 30 * 86_400,
+            "Y" => 365 * 86_400,
+            _ => return Err(bad()),
+        };
+        let secs = n.checked_mul(secs).ok_or_else(bad)?;
+        if secs == 0 {
+            return Err("the events stream's retention must be longer than 0".into());
+        }
+        Ok(MaxAge {
+            text: s.to_owned(),
+            duration: Duration::from_secs(secs),
+        })
+    }
+}
+
+impl fmt::Display for MaxAge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The delays of the second retry tier, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RetryDelays(pub Vec<Duration>);
+
+impl fmt::Display for RetryDelays {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}", d.as_secs())?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `RETRY_DELAYS`: whole seconds, comma-separated, each at least 1.
+pub fn parse_delays(s: &str) -> Result<RetryDelays, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let secs: u64 = part
+            .trim_end_matches('s')
+            .parse()
+            .map_err(|_| format!("{part:?} is not a whole number of seconds"))?;
+        if secs == 0 {
+            return Err("a retry delay must be at least 1 second".into());
+        }
+        out.push(Duration::from_secs(secs));
+    }
+    Ok(RetryDelays(out))
+}
+
+/// Parses a whole number of milliseconds (settings named `*_MS`).
+pub fn millis(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{s:?} is not a whole number of milliseconds"))
+}
+
+/// Parses a whole number of seconds (settings named `*_SECS`).
+pub fn secs(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a whole number of seconds"))
+}
+
+/// A secret value that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        broker: BrokerArgs,
+    }
+
+    #[test]
+    fn delays_parse() {
+        assert_eq!(parse_delays("").unwrap(), RetryDelays(vec![]));
+        assert_eq!(
+            parse_delays("5, 30,300s").unwrap().0,
+            vec![
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                Duration::from_secs(300)
+            ]
+        );
+        assert!(parse_delays("5,x").is_err());
+        assert!(parse_delays("0").is_err());
+        assert_eq!(parse_delays("1,2").unwrap().to_string(), "1,2");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+
+    #[test]
+    fn sizes_and_ages() {
+        assert_eq!("3145728".parse(), Ok(ByteSize::mib(3)));
+        assert_eq!("3MiB".parse(), Ok(ByteSize::mib(3)));
+        assert_eq!("5 GB".parse(), Ok(ByteSize(5_000_000_000)));
+        assert!("5 XB".parse::<ByteSize>().is_err());
+        assert!("-1".parse::<ByteSize>().is_err());
+        let age: MaxAge = "12h".parse().unwrap();
+        assert_eq!(age.duration(), Duration::from_secs(12 * 3600));
+        assert_eq!(age.as_rabbitmq(), "12h");
+        assert_eq!(MaxAge::days(7), "7D".parse().unwrap());
+        assert!("7d".parse::<MaxAge>().is_err());
+        assert!("x".parse::<MaxAge>().is_err());
+        assert!("0s".parse::<MaxAge>().is_err());
+        assert_eq!(millis("250"), Ok(Duration::from_millis(250)));
+        assert!(secs("1.5").is_err());
+    }
+
+    #[test]
+    fn url_lists_parse_and_hide_passwords() {
+        let urls: AmqpUrls = "amqp://u:pw@127.0.0.1:1/%2f, amqp://u:pw@127.0.0.1:2/%2f"
+            .parse()
+            .unwrap();
+        assert_eq!(urls.0.len(), 2);
+        assert_eq!(urls.0[1].authority(), "127.0.0.1:2");
+        assert!(!urls.to_string().contains("pw"), "{urls}");
+        assert!(urls.to_string_exposed().contains("pw"));
+        assert_eq!(
+            urls.0[0].with_authority("127.0.0.1:9").expose(),
+            "amqp://u:pw@127.0.0.1:9/%2f"
+        );
+        assert!("".parse::<AmqpUrls>().is_err());
+        assert!("http://x".parse::<AmqpUrls>().is_err());
+    }
+
+    /// `Default` is what the command line gives without flags (the URL comes from the
+    /// environment under `make test`, so it is given here).
+    #[test]
+    fn defaults_are_the_command_line_defaults() {
+        let cli = Cli::parse_from(["x", "--amqp-url", DEFAULT_AMQP_URL]);
+        assert_eq!(cli.broker, BrokerArgs::default());
+        let back = Cli::parse_from(std::iter::once("x".to_owned()).chain(cli.broker.to_args()));
+        assert_eq!(back.broker, cli.broker, "to_args round-trips");
+    }
+}

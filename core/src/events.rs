@@ -1,0 +1,260 @@
+//! The events stream (DESIGN §4): the one place that publishes status events and the one
+//! place that reads them back.
+//!
+//! - [`EventSink`] publishes a status event to the events exchange and waits for its
+//!   confirm; every process reports every status change through it.
+//! - [`Feed`] follows the `{p}.events` stream from an offset, over the supervised
+//!   connection of a [`Broker`]: it subscribes, yields each message with its offset,
+//!   acknowledges in batches (a stream consumer needs acks to get more credit), and after
+//!   a lost connection or subscription it subscribes again from the offset after the
+//!   last message it yielded, so a reader misses nothing and reads little twice.
+//! - [`decode`] reads a message body: one event object, or a JSON array of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Consumer};
+use serde::Deserialize;
+
+use crate::backoff::Backoff;
+use crate::broker::{Broker, Live, PublishError};
+use crate::message::stream_offset;
+use crate::status::StatusEvent;
+
+/// Publishes status events with confirms. A cheap clone.
+#[derive(Clone)]
+pub struct EventSink {
+    broker: Broker,
+    exchange: Arc<str>,
+}
+
+impl EventSink {
+    pub fn new(broker: Broker) -> Self {
+        let exchange = broker.topology().events_exchange().into();
+        EventSink { broker, exchange }
+    }
+
+    /// Publishes `event` (JSON, persistent) and waits for the broker's confirm. `Ok` means
+    /// the stream holds it.
+    pub async fn publish(&self, event: &StatusEvent) -> Result<(), PublishError> {
+        let json = serde_json::to_vec(event)?;
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        self.broker.publish(&self.exchange, "", &json, props).await
+    }
+}
+
+/// Reads the events of one stream message: a single event object or an array of them.
+/// Whitespace before the first byte is allowed; anything else is an error for the caller
+/// to log and skip.
+pub fn decode<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Result<Vec<T>, serde_json::Error> {
+    let first = data.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        serde_json::from_slice(data)
+    } else {
+        serde_json::from_slice(data).map(|one| vec![one])
+    }
+}
+
+/// Where a [`Feed`] starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The first message the stream still holds.
+    First,
+    /// What is published after subscribing.
+    Next,
+    /// The message at this offset (and what follows).
+    Offset(i64),
+}
+
+/// What [`Feed::next`] yields.
+#[derive(Debug)]
+pub enum FeedItem {
+    /// A subscription is in place (the first, or a new one after a reconnect): whatever is
+    /// published from now on will be read.
+    Subscribed,
+    /// One stream message: its offset and its body (see [`decode`]).
+    Message { offset: Option<i64>, data: Vec<u8> },
+}
+
+/// Settings of a [`Feed`].
+#[derive(Clone, Copy, Debug)]
+pub struct FeedConfig {
+    /// Unacknowledged messages the broker may send ahead.
+    pub prefetch: u16,
+    /// Acknowledge (with `multiple`) every this many messages; below `prefetch`.
+    pub ack_every: u32,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            prefetch: 2000,
+            ack_every: 500,
+        }
+    }
+}
+
+struct Subscription {
+    live: Arc<Live>,
+    channel: Channel,
+    consumer: Consumer,
+    since_ack: u32,
+}
+
+/// A follower of the events stream; see the module docs.
+pub struct Feed {
+    broker: Broker,
+    config: FeedConfig,
+    start: Start,
+    subscription: Option<Subscription>,
+    backoff: Backoff,
+}
+
+impl Feed {
+    pub fn new(broker: Broker, start: Start) -> Self {
+        Self::with_config(broker, start, FeedConfig::default())
+    }
+
+    pub fn with_config(broker: Broker, start: Start, config: FeedConfig) -> Self {
+        Feed {
+            broker,
+            config: FeedConfig {
+                prefetch: config.prefetch.max(2),
+                ack_every: config
+                    .ack_every
+                    .clamp(1, u32::from(config.prefetch.max(2)) - 1),
+            },
+            start,
+            subscription: None,
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+        }
+    }
+
+    /// The next item. Waits for the broker when it is away, and subscribes again after
+    /// any failure, so it only returns with something to read. Cancel-safe between
+    /// messages: callers `select!` it against their shutdown.
+    pub async fn next(&mut self) -> FeedItem {
+        loop {
+            let Some(sub) = self.subscription.as_mut() else {
+                let live = self.broker.wait_live().await;
+                match self.subscribe(live).await {
+                    Ok(sub) => {
+                        self.subscription = Some(sub);
+                        return FeedItem::Subscribed;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, start = ?self.start, "could not subscribe to the events stream; trying again");
+                        tokio::time::sleep(self.backoff.next_delay()).await;
+                        continue;
+                    }
+                }
+            };
+            let next = tokio::select! {
+                _ = sub.live.closed() => None,
+                next = sub.consumer.next() => next,
+            };
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "events stream subscription failed; resubscribing");
+                    self.subscription = None;
+                    continue;
+                }
+                None => {
+                    tracing::warn!("events stream subscription ended; resubscribing");
+                    self.subscription = None;
+                    continue;
+                }
+            };
+            self.backoff.reset();
+            let offset = stream_offset(&delivery.properties);
+            if let Some(off) = offset {
+                self.start = Start::Offset(off.saturating_add(1));
+            }
+            sub.since_ack += 1;
+            if sub.since_ack >= self.config.ack_every {
+                sub.since_ack = 0;
+                if let Err(e) = delivery.acker.ack(BasicAckOptions { multiple: true }).await {
+                    tracing::debug!(error = %e, "could not acknowledge stream messages; resubscribing");
+                    self.subscription = None;
+                }
+            }
+            return FeedItem::Message {
+                offset,
+                data: delivery.data,
+            };
+        }
+    }
+
+    /// Where a new subscription would start: after the last message yielded.
+    pub fn position(&self) -> Start {
+        self.start
+    }
+
+    async fn subscribe(&self, live: Arc<Live>) -> Result<Subscription, lapin::Error> {
+        let channel = live.open_channel().await?;
+        channel
+            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .await?;
+        let offset = match self.start {
+            Start::First => AMQPValue::LongString(LongString::from("first")),
+            Start::Next => AMQPValue::LongString(LongString::from("next")),
+            Start::Offset(n) => AMQPValue::LongLongInt(n),
+        };
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), offset);
+        let stream = self.broker.topology().events_stream();
+        let consumer = channel
+            .basic_consume(
+                stream.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await?;
+        Ok(Subscription {
+            live,
+            channel,
+            consumer,
+            since_ack: 0,
+        })
+    }
+
+    /// Closes the subscription's channel (the connection stays with its broker).
+    pub async fn close(mut self) {
+        if let Some(sub) = self.subscription.take() {
+            let _ = sub.channel.close(200, "done".into()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct E<'a> {
+        status: &'a str,
+    }
+
+    #[test]
+    fn one_event_or_an_array() {
+        assert_eq!(
+            decode::<E>(br#"{"status":"QUEUED"}"#).unwrap(),
+            vec![E { status: "QUEUED" }]
+        );
+        assert_eq!(
+            decode::<E>(b" \n[{\"status\":\"RUNNING\"},{\"status\":\"SUCCESS\"}]").unwrap(),
+            vec![E { status: "RUNNING" }, E { status: "SUCCESS" }]
+        );
+        assert_eq!(decode::<E>(b"[]").unwrap(), vec![]);
+        assert!(decode::<E>(b"42").is_err());
+        assert!(decode::<E>(b"").is_err());
+        assert!(decode::<E>(b"[{\"status\":1}]").is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! imagejobs-core: what every imagejobs process shares. The ingress (`imagejobs`) and the
+//! consumer (`imagejobs-consumer`) both depend on this crate and on nothing of each other,
+//! so that "the consumer never uses http or the index" is a fact the compiler checks.
+//!
+//! # Layout
+//! - Wire types, the only types that cross process boundaries (new fields optional):
+//!   [`ids`] (`JobId`, `TenantId`, `ClientId`, `Md5`), [`status`] (`Status`, the status
+//!   event), [`message`] (the job message's headers and AMQP codec).
+//! - [`topology`]: every exchange and queue name and its declaration, as data.
+//! - [`broker`]: the supervised connection, its confirm-channel pool, confirmed publishing.
+//! - [`events`]: publishing status events and following the events stream.
+//! - [`config`]: settings shared by the binaries, parsed into domain types.
+//! - [`backoff`]: the jittered exponential backoff of every reconnect and resubscribe.
+//! - [`shutdown`], [`telemetry`]: signals and logging; [`sniff`]: image types by magic bytes.
+
+pub mod backoff;
+pub mod broker;
+pub mod config;
+pub mod events;
+pub mod ids;
+pub mod message;
+pub mod shutdown;
+pub mod sniff;
+pub mod status;
+pub mod telemetry;
+pub mod topology;

@@ -1,0 +1,282 @@
+//! The pipeline under test: a deployment, stub services, and the ingresses and consumers a
+//! test starts on them, from typed configs. Everything stops when the [`Pipeline`] (or the
+//! handle of one process) is dropped, and the deployment's queues are deleted with it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use imagejobs::http::AppState;
+use imagejobs::ingress::{Ingress, IngressConfig};
+use imagejobs_consumer::{Consumer, ConsumerConfig, Stats};
+use imagejobs_core::config::Secret;
+use imagejobs_stubs::{StubConfig, Stubs};
+
+use crate::deployment::Deployment;
+use crate::poll::eventually;
+use crate::process::{bin, Service};
+use crate::{init_logs, token, SECRET};
+
+/// Stubs as tests want them: no faults, real image work, a fixed seed.
+pub fn stub_config() -> StubConfig {
+    StubConfig {
+        seed: Some(7),
+        ..StubConfig::default()
+    }
+}
+
+/// A deployment with its stubs; see the module docs.
+pub struct Pipeline {
+    pub deployment: Deployment,
+    pub stubs: Stubs,
+    /// Parent of every process's shutdown token.
+    stop: CancellationToken,
+}
+
+impl Pipeline {
+    /// A fresh deployment and stubs without faults.
+    pub async fn new() -> Pipeline {
+        Self::with_stubs(|_| {}).await
+    }
+
+    /// A fresh deployment and stubs changed by `f`.
+    pub async fn with_stubs(f: impl FnOnce(&mut StubConfig)) -> Pipeline {
+        let mut config = stub_config();
+        f(&mut config);
+        Self::build(Deployment::new("t"), config).await
+    }
+
+    pub async fn build(deployment: Deployment, stubs: StubConfig) -> Pipeline {
+        init_logs();
+        let stop = CancellationToken::new();
+        let stubs = Stubs::start(stubs, stop.child_token())
+            .await
+            .expect("stubs start");
+        Pipeline {
+            deployment,
+            stubs,
+            stop,
+        }
+    }
+
+    /// What a test ingress gets: 127.0.0.1:0, the test secret, a short confirm timeout.
+    pub fn ingress_config(&self) -> IngressConfig {
+        IngressConfig {
+            broker: self.deployment.broker_args(),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            jwt_secret: Some(Secret::new(SECRET)),
+            publish_timeout: Duration::from_millis(1500),
+            ..IngressConfig::default()
+        }
+    }
+
+    /// What a test consumer gets: these stubs, quick in-process retries.
+    pub fn consumer_config(&self) -> ConsumerConfig {
+        let url = |s: &str| Url::parse(s).expect("the stubs' URLs parse");
+        ConsumerConfig {
+            broker: self.deployment.broker_args(),
+            worker_service_url: url(&self.stubs.worker_url),
+            blob_service_url: url(&self.stubs.blob_url),
+            retry_max_attempts: 3,
+            retry_base_delay: Duration::from_millis(10),
+            retry_max_delay: Duration::from_millis(50),
+            drain_timeout: Duration::from_secs(10),
+            ..ConsumerConfig::default()
+        }
+    }
+
+    /// An ingress in this process, ready (`/readyz` 200).
+    pub async fn ingress(&self) -> TestIngress {
+        self.ingress_with(|_| {}).await
+    }
+
+    pub async fn ingress_with(&self, f: impl FnOnce(&mut IngressConfig)) -> TestIngress {
+        let mut config = self.ingress_config();
+        f(&mut config);
+        TestIngress::start(config, self.stop.child_token()).await
+    }
+
+    /// A consumer in this process.
+    pub async fn consumer(&self) -> TestConsumer {
+        self.consumer_with(|_| {}).await
+    }
+
+    pub async fn consumer_with(&self, f: impl FnOnce(&mut ConsumerConfig)) -> TestConsumer {
+        let mut config = self.consumer_config();
+        f(&mut config);
+        TestConsumer::start(config, self.stop.child_token()).await
+    }
+
+    /// A consumer as a child process of the built binary (to kill it for real).
+    pub fn child_consumer(&self) -> Service {
+        let args = self.consumer_config().to_args();
+        let dir = std::env::temp_dir().join(format!("imagejobs-{}", self.deployment.prefix));
+        Service::spawn(
+            "consumer",
+            &bin("imagejobs-consumer"),
+            &args,
+            &[("RUST_LOG", "warn")],
+            &dir,
+            false,
+        )
+        .expect("the consumer starts")
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        // Drop cannot await, and the test's runtime is busy dropping us: delete the
+        // deployment's queues from a thread with a runtime of its own.
+        let deployment = self.deployment.clone();
+        let removed = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(10), deployment.cleanup()).await;
+                });
+            }
+        });
+        let _ = removed.join();
+    }
+}
+
+/// A running ingress; stops when dropped.
+pub struct TestIngress {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _stop_on_drop: DropGuard,
+}
+
+impl TestIngress {
+    pub async fn start(config: IngressConfig, shutdown: CancellationToken) -> TestIngress {
+        init_logs();
+        let ingress = Ingress::build(config, shutdown.clone())
+            .await
+            .expect("ingress builds");
+        let addr = ingress.local_addr();
+        let state = ingress.state();
+        let task = tokio::spawn(ingress.run_until_stopped());
+        let t = TestIngress {
+            addr,
+            url: format!("http://{addr}"),
+            state,
+            http: reqwest::Client::new(),
+            _stop_on_drop: shutdown.clone().drop_guard(),
+            shutdown,
+            task,
+        };
+        t.wait_ready().await;
+        t
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.url);
+        eventually(Duration::from_secs(20), "ingress /readyz 200", || async {
+            let r = self.http.get(&url).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops it and waits until it has finished serving.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Submits `image` as a raw body for tenant 1.
+    pub async fn submit_raw(&self, image: &[u8]) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1/job", self.url))
+            .bearer_auth(token(1, 1))
+            .header("content-type", "image/png")
+            .body(image.to_vec())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Submits `image` for tenant 1 and returns the job id.
+    pub async fn submit_id(&self, image: &[u8]) -> String {
+        let resp = self.submit_raw(image).await;
+        assert_eq!(resp.status(), 202, "submit accepted");
+        let v: serde_json::Value = resp.json().await.expect("json");
+        v["id"].as_str().expect("id").to_owned()
+    }
+
+    pub async fn get_job(&self, id: &str, tenant: i64) -> reqwest::Response {
+        self.http
+            .get(format!("{}/api/v1/job/{id}", self.url))
+            .bearer_auth(token(tenant, 1))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Waits until this ingress shows `id` (of `tenant`) in a terminal status, and
+    /// returns the job JSON.
+    pub async fn wait_terminal(
+        &self,
+        id: &str,
+        tenant: i64,
+        deadline: Duration,
+    ) -> serde_json::Value {
+        eventually(deadline, &format!("job {id} to end"), || async {
+            let r = self.get_job(id, tenant).await;
+            if r.status() != 200 {
+                return None;
+            }
+            let v: serde_json::Value = r.json().await.ok()?;
+            matches!(v["status"].as_str(), Some("SUCCESS" | "FAILED")).then_some(v)
+        })
+        .await
+    }
+}
+
+/// A consumer running in this process; stops when dropped.
+pub struct TestConsumer {
+    pub stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _stop_on_drop: DropGuard,
+}
+
+impl TestConsumer {
+    pub async fn start(config: ConsumerConfig, shutdown: CancellationToken) -> TestConsumer {
+        init_logs();
+        let consumer = Consumer::build(config, shutdown.clone())
+            .await
+            .expect("consumer builds");
+        let stats = consumer.stats();
+        let task = tokio::spawn(consumer.run_until_stopped());
+        TestConsumer {
+            stats,
+            _stop_on_drop: shutdown.clone().drop_guard(),
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.stats.acked.load(Ordering::Relaxed)
+    }
+
+    /// Stops it (draining) and waits until it has.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
