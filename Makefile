@@ -2,13 +2,14 @@
 #
 #   make run    broker + stubs + ingress + two consumers, in the foreground; Ctrl-C stops all
 #   make test   start a private RabbitMQ node, run every test against it, stop it
+#   BROKER_NODES=3 before either (or make chaos) runs a local three-node cluster instead
 
 SHELL := /bin/bash
 NODE  := ./rabbitmq/node.sh
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint build broker-start broker-stop broker-status broker-reset definitions bench bench-smoke
+.PHONY: help run test lint build chaos broker-start broker-stop broker-status broker-reset definitions bench bench-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -41,6 +42,9 @@ definitions: ## regenerate rabbitmq/definitions.json from the code's topology
 	$(CARGO) run -q --bin imagejobs -- definitions --amqp-prefix imagejobs --retry-delays 5,30,300 \
 	  --queue-max-length 1000000 --queue-delivery-limit 10 --events-max-age 7D \
 	  --events-max-bytes 5000000000 > rabbitmq/definitions.json
+
+chaos: ## the pipeline under load while faults are injected (BROKER_NODES=3: a cluster)
+	@./scripts/chaos.sh
 
 bench: ## benchmarks against the raw broker, in one run (writes the table to stdout)
 	@./scripts/bench.sh

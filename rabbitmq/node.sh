@@ -1,655 +1,388 @@
 #!/usr/bin/env bash
-# A private RabbitMQ node for this checkout, for `make run` and `make test`.
+# Private RabbitMQ node(s) of this checkout for `make run` and `make test`: one, or with
+# BROKER_NODES=3 a local cluster, run as the caller from /usr/lib/rabbitmq/bin. State is in
+# rabbitmq/.node/ (node-<i>/: data, logs, config, pid files; home/: the shared Erlang cookie).
+# Names (imagejobs-<hash>-<i>@localhost) and 100 ports derive from the checkout's path.
 #
-# The node keeps everything under rabbitmq/.node/ (data, logs, its own HOME with the
-# Erlang cookie, the generated config) and gets a node name and ports derived from the
-# checkout's absolute path, so it never collides with a system RabbitMQ (5672, 15672,
-# 25672) nor with the node of another checkout on the same machine. It does not use the
-# system service: the server runs as the calling user, straight from the package's
-# /usr/lib/rabbitmq/bin (the /usr/sbin wrappers switch to the rabbitmq user).
+# Usage: rabbitmq/node.sh <command> [args]
+#   install              install Debian's rabbitmq-server package if RabbitMQ is missing
+#   start                start the nodes as one cluster (or report the running deployment)
+#   stop                 stop every node; harmless when nothing runs
+#   status               show every node; exit 0 if all of them answer, 1 otherwise
+#   url                  print AMQP_URL (the nodes' AMQP URLs, comma separated)
+#   reset                stop every node and delete rabbitmq/.node
+#   pid I                print node I's beam pid (node 1's pid file: .node/rabbitmq.pid)
+#   stop-node I [--kill] stop node I of the cluster (--kill: SIGKILL its beam instead)
+#   start-node I         start node I again; waits until it is back in the cluster
+#   ctl ARGS...          rabbitmqctl against node $BROKER_NODE (default 1)
+#   ctl-node I ARGS...   rabbitmqctl against node I
+#   queues|streams|diagnostics ARGS...  rabbitmq-queues/-streams/-diagnostics, like ctl
 #
-# Usage: rabbitmq/node.sh <command>
-#   install  install Debian's rabbitmq-server package if RabbitMQ is missing
-#   start    install if needed, start the node (or report the one already running)
-#   stop     stop the node; harmless when it is not running
-#   status   say whether the node runs (exit 0) or not (exit 1), with its name and URL
-#   url      print the node's AMQP URL
-#   reset    stop the node and delete rabbitmq/.node
-#   ctl ...  run rabbitmqctl against the node, e.g. `rabbitmq/node.sh ctl list_queues`
-#
-# After `start`, rabbitmq/.node/env holds `export` lines (AMQP_URL, RABBITMQ_NODENAME,
-# RABBITMQ_AMQP_PORT and, with the management plugin, RABBITMQ_MANAGEMENT_URL/_PORT).
+# `start` writes rabbitmq/.node/env: export lines of AMQP_URL, AMQP_URL_<i>, BROKER_NODES,
+# RABBITMQ_NODENAME (node 1), RABBITMQ_NODENAMES, RABBITMQ_AMQP_PORT (node 1),
+# RABBITMQ_PROMETHEUS_URLS and, with management, RABBITMQ_MANAGEMENT_URL/_PORT (node 1).
+# Ports: block B = 20000 + (hash % 120) * 100; node i uses B + (i-1)*10 + 0 AMQP, +1 AMQPS
+# (reserved), +2 management, +3 Prometheus, +4 Erlang distribution; the CLI B+90..B+99.
 #
 # Environment:
-#   RABBITMQ_PORT             fixed AMQP port instead of the derived one
-#   RABBITMQ_MANAGEMENT_PORT  fixed management port (default: AMQP port + 5000)
-#   RABBITMQ_DIST_PORT        fixed Erlang distribution port (default: AMQP port + 10000)
-#   RABBITMQ_MANAGEMENT=1     also enable the management plugin (UI and HTTP API on the
-#                             management port; it makes start ~1 s and stop ~5 s slower)
-#   RABBITMQ_START_TIMEOUT    seconds to wait for the node to boot (default 60)
-#   RABBITMQ_BIN_DIR          where rabbitmq-server and rabbitmqctl are
-#                             (default /usr/lib/rabbitmq/bin)
-#   RABBITMQ_ALLOW_OLD=1      accept a RabbitMQ older than 3.10 (the topology needs 3.10)
+#   BROKER_NODES=N          nodes of the deployment, 1..9 (default: the existing one, else 1)
+#   BROKER_PORT_BASE=B      use the port block B..B+99 instead of the derived one
+#   BROKER_NODE=I           the node that ctl, queues, streams, diagnostics talk to (default 1)
+#   RABBITMQ_MANAGEMENT=1   also enable the management plugin (UI and HTTP API)
+#   RABBITMQ_START_TIMEOUT  seconds to wait for the nodes to boot and cluster (default 90)
+#   RABBITMQ_BIN_DIR        where rabbitmq-server and rabbitmqctl are (/usr/lib/rabbitmq/bin)
+#   RABBITMQ_ALLOW_OLD=1    accept a RabbitMQ older than 3.10 (the topology needs 3.10)
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
-PROJECT_DIR=$(dirname "$SCRIPT_DIR")
-NODE_DIR=$SCRIPT_DIR/.node
-
+NODE_DIR=$SCRIPT_DIR/.node HOME_DIR=$SCRIPT_DIR/.node/home ENV_FILE=$SCRIPT_DIR/.node/env
 RMQ_BIN=${RABBITMQ_BIN_DIR:-/usr/lib/rabbitmq/bin}
-SERVER=$RMQ_BIN/rabbitmq-server
-CTL=$RMQ_BIN/rabbitmqctl
-START_TIMEOUT=${RABBITMQ_START_TIMEOUT:-60}
-
-# Node name and the start of the port search come from a hash of the checkout's path.
-PATH_HASH=$(printf '%s' "$PROJECT_DIR" | cksum | cut -d' ' -f1)
-NODE_SHORT=imagejobs-$(printf '%08x' "$PATH_HASH")
-NODE=$NODE_SHORT@localhost
-
-# Derived AMQP ports are in 20000-24999; management is +5000 (25000-29999) and Erlang
-# distribution +10000 (30000-34999), so the three ranges of all checkouts never overlap.
-PORT_BASE=20000
-PORT_SPAN=5000
-MANAGEMENT_OFFSET=5000
-DIST_OFFSET=10000
-# Never used, even when free: the defaults of a system node (epmd, AMQP, AMQPS,
-# management, Prometheus, distribution) and the port range of rabbitmqctl itself.
-RESERVED_PORTS=" 4369 5671 5672 15671 15672 15692 25672 35672 35673 35674 35675 35676 35677 35678 35679 35680 35681 35682 "
-
-HOME_DIR=$NODE_DIR/home
-MNESIA_BASE=$NODE_DIR/mnesia
-LOG_DIR=$NODE_DIR/log
-CONFIG_FILE=$NODE_DIR/rabbitmq.conf
-PLUGINS_FILE=$NODE_DIR/enabled_plugins
-ENV_CONF_FILE=$NODE_DIR/rabbitmq-env.conf
-PID_FILE=$NODE_DIR/rabbitmq.pid
-LAUNCHER_PID_FILE=$NODE_DIR/launcher.pid
-PORTS_FILE=$NODE_DIR/ports
-ENV_FILE=$NODE_DIR/env
-STARTUP_LOG=$LOG_DIR/startup.log
-LOCK_FILE=$NODE_DIR/.lock
-
-# A flag on the beam's command line that names our node: it lets us find a node process
-# that no longer answers (the node name itself is not on the command line).
-MARKER="-imagejobs_node $NODE_SHORT"
-
-AMQP_PORT=
-MANAGEMENT_PORT=
-DIST_PORT=
+SERVER=$RMQ_BIN/rabbitmq-server START_TIMEOUT=${RABBITMQ_START_TIMEOUT:-90}
+HASH=$(printf '%s' "$(dirname "$SCRIPT_DIR")" | cksum | cut -d' ' -f1)
+HASH8=$(printf '%08x' "$HASH") DEFAULT_BASE=$((20000 + HASH % 120 * 100))
+PLUGINS=(rabbitmq_prometheus)
+if [ "${RABBITMQ_MANAGEMENT:-}" = 1 ]; then PLUGINS+=(rabbitmq_management); fi
+N=1 BASE=$DEFAULT_BASE LAUNCHED=() ENVP=()
 
 say() { printf 'rabbitmq: %s\n' "$*"; }
 warn() { printf 'rabbitmq: %s\n' "$*" >&2; }
-die() {
-    warn "$*"
-    exit 1
-}
-
-usage() {
-    sed -n '/^# Usage:/,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
-}
-
-# --- installation -----------------------------------------------------------------------
+die() { warn "$@" && exit 1; }
+usage() { sed -n '/^# Usage:/,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; }
 
 cannot_install() {
-    cat >&2 <<EOF
-rabbitmq: RabbitMQ is not installed ($SERVER is missing) and it cannot be installed here:
-rabbitmq: $1.
-rabbitmq: Either install RabbitMQ 3.10 or later yourself (Debian/Ubuntu: apt-get install rabbitmq-server),
-rabbitmq: or use Docker instead: docker compose up,
-rabbitmq: or point AMQP_URL at a RabbitMQ you already run, e.g.
-rabbitmq:   export AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'
-EOF
-    exit 1
+    die "RabbitMQ is missing ($SERVER) and cannot be installed here: $1. Install RabbitMQ 3.10+
+rabbitmq: (apt-get install rabbitmq-server), use docker compose up, or point AMQP_URL at a
+rabbitmq: RabbitMQ you run, e.g. export AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'"
 }
-
 cmd_install() {
-    if [ -x "$SERVER" ]; then
-        say "RabbitMQ is installed ($SERVER)"
-        return 0
-    fi
-    command -v apt-get >/dev/null 2>&1 || cannot_install "apt-get is not available"
+    if [ -x "$SERVER" ]; then say "RabbitMQ is installed ($SERVER)" && return 0; fi
+    command -v apt-get >/dev/null || cannot_install "apt-get is not available"
     local -a sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || cannot_install "you are not root and sudo is not available"
-        sudo=(sudo)
-    fi
-    say "installing Debian's rabbitmq-server package (it may try to start the system service;"
-    say "that one is not used: this project runs its own node on other ports)"
-    "${sudo[@]}" apt-get update ||
-        cannot_install "apt-get update failed"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends rabbitmq-server ||
-        cannot_install "apt-get install rabbitmq-server failed"
+    [ "$(id -u)" -eq 0 ] || { command -v sudo >/dev/null && sudo=(sudo); } || cannot_install "not root and no sudo"
+    say "installing Debian's rabbitmq-server package (its system service, if started, is not used)"
+    "${sudo[@]}" apt-get update || cannot_install "apt-get update failed"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        rabbitmq-server || cannot_install "apt-get install rabbitmq-server failed"
     [ -x "$SERVER" ] || cannot_install "the package did not provide $SERVER"
 }
-
 check_version() {
-    local dir version major minor
-    dir=$(find "$RMQ_BIN/../lib" -maxdepth 1 -name 'rabbitmq_server-*' 2>/dev/null | sort -V | tail -n 1)
-    version=${dir##*/rabbitmq_server-}
-    [ -n "$dir" ] && [ -n "$version" ] || return 0 # unknown layout: let the node tell
-    major=${version%%.*}
-    minor=${version#*.}
-    minor=${minor%%.*}
-    case "$major$minor" in *[!0-9]*) return 0 ;; esac
-    if [ "$major" -lt 3 ] || { [ "$major" -eq 3 ] && [ "$minor" -lt 10 ]; }; then
-        [ "${RABBITMQ_ALLOW_OLD:-}" = 1 ] && {
-            warn "RabbitMQ $version is older than 3.10; going on because RABBITMQ_ALLOW_OLD=1"
-            return 0
-        }
-        die "RabbitMQ $version is installed, but imagejobs needs 3.10 or later (at-least-once
-rabbitmq: dead-lettering of quorum queues). Use docker compose up, or point AMQP_URL at a
-rabbitmq: RabbitMQ 3.10+ you run yourself (RABBITMQ_ALLOW_OLD=1 starts it anyway)."
-    fi
+    local v
+    v=$(find "$RMQ_BIN/../lib" -maxdepth 1 -name 'rabbitmq_server-*' 2>/dev/null | sort -V | tail -n 1)
+    v=${v##*/rabbitmq_server-}
+    [[ $v =~ ^([0-9]+)\.([0-9]+) ]] || return 0 # unknown layout: let the node tell
+    ((BASH_REMATCH[1] * 1000 + BASH_REMATCH[2] >= 3010)) && return 0
+    [ "${RABBITMQ_ALLOW_OLD:-}" != 1 ] || { warn "RabbitMQ $v is older than 3.10; RABBITMQ_ALLOW_OLD=1"; return 0; }
+    die "RabbitMQ $v is installed, but imagejobs needs 3.10+ (at-least-once dead-lettering of
+rabbitmq: quorum queues). Use docker compose up, or point AMQP_URL at a RabbitMQ 3.10+ you run
+rabbitmq: yourself (RABBITMQ_ALLOW_OLD=1 starts it anyway)."
 }
 
-# --- environment of the server and of rabbitmqctl --------------------------------------
-
-# The Erlang cookie lives in $HOME, so the server and every rabbitmqctl call must see the
-# same HOME. RABBITMQ_CONF_ENV_FILE points at our own (empty) file so that
-# /etc/rabbitmq/rabbitmq-env.conf of a system install does not change our node.
-common_env() {
-    local -a vars=(
-        HOME="$HOME_DIR"
-        RABBITMQ_CONF_ENV_FILE="$ENV_CONF_FILE"
-        RABBITMQ_NODENAME="$NODE"
-        RABBITMQ_USE_LONGNAME=false
-        RABBITMQ_MNESIA_BASE="$MNESIA_BASE"
-        RABBITMQ_LOG_BASE="$LOG_DIR"
-        RABBITMQ_CONFIG_FILE="$CONFIG_FILE"
-        RABBITMQ_ADVANCED_CONFIG_FILE="$NODE_DIR/advanced.config"
-        RABBITMQ_ENABLED_PLUGINS_FILE="$PLUGINS_FILE"
-        RABBITMQ_PID_FILE="$PID_FILE"
-        ERL_CRASH_DUMP="$LOG_DIR/erl_crash.dump"
-    )
-    # The Elixir CLI complains on a non-UTF-8 locale.
-    case "${LC_ALL:-${LC_CTYPE:-${LANG:-}}}" in
-        *UTF-8* | *utf8* | *UTF8* | *utf-8*) ;;
-        *) if locale -a 2>/dev/null | grep -qix 'c\.utf-\{0,1\}8'; then vars+=(LC_ALL=C.UTF-8); fi ;;
-    esac
-    printf '%s\0' "${vars[@]}"
-}
-
-# The `env ...` prefix that runs a program with our node's environment (in NODE_ENV);
-# variables of the caller that would send it elsewhere are removed.
-NODE_ENV=()
-node_env() {
-    local -a vars
-    mapfile -d '' -t vars < <(common_env)
-    NODE_ENV=(env -u RABBITMQ_ERLANG_COOKIE -u RABBITMQ_ENABLED_PLUGINS -u RABBITMQ_NODE_IP_ADDRESS
-        -u RABBITMQ_SERVER_START_ARGS -u RABBITMQ_SERVER_ERL_ARGS -u RABBITMQ_CTL_ERL_ARGS
-        -u RABBITMQ_DIST_PORT -u RABBITMQ_NODE_PORT -u RABBITMQ_CONFIG_FILES
-        "${vars[@]}")
-}
-
-ctl() {
-    node_env
-    "${NODE_ENV[@]}" "$CTL" -n "$NODE" "$@"
-}
-
-# --- finding our node -------------------------------------------------------------------
-
-# The epmd binary, to ask cheaply whether our node name is registered.
-find_epmd() {
-    if command -v epmd >/dev/null 2>&1; then
-        command -v epmd
-        return 0
-    fi
-    local f
-    for f in /usr/lib/erlang/erts-*/bin/epmd /usr/local/lib/erlang/erts-*/bin/epmd; do
-        [ -x "$f" ] && {
-            printf '%s\n' "$f"
-            return 0
-        }
-    done
-    return 1
-}
-
-# Exit 0 if epmd knows our node name, 1 if not, 2 if that cannot be told.
-registered() {
-    local epmd out
-    epmd=$(find_epmd) || return 2
-    out=$("$epmd" -names 2>/dev/null) || return 1 # no epmd running: no node either
-    grep -q "^name $NODE_SHORT at port " <<<"$out"
-}
-
-# True if our node runs and answers rabbitmqctl (the broker itself may still be booting).
-answers() {
-    local r=0
-    registered || r=$?
-    [ "$r" -eq 1 ] && return 1
-    [ -s "$HOME_DIR/.erlang.cookie" ] || return 1
-    ctl -q ping -t 10 >/dev/null 2>&1
-}
-
-# PIDs of the beam processes of our node (found by the marker on their command line).
-beam_pids() {
-    local f pid cmd
-    for f in /proc/[0-9]*/cmdline; do
-        pid=${f#/proc/}
-        pid=${pid%/cmdline}
-        cmd=$(tr '\0' ' ' 2>/dev/null <"$f") || continue
-        case "$cmd" in
-            *beam*" $MARKER "*) printf '%s\n' "$pid" ;;
-        esac
-    done
-}
-
-# The launcher (the rabbitmq-server shell script waiting on the beam), if it still runs.
-launcher_pid() {
-    local pid
-    [ -s "$LAUNCHER_PID_FILE" ] || return 0
-    pid=$(cat "$LAUNCHER_PID_FILE")
-    case "$pid" in '' | *[!0-9]*) return 0 ;; esac
-    if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q 'rabbitmq-server'; then
-        printf '%s\n' "$pid"
-    fi
-}
-
-our_pids() {
-    {
-        beam_pids
-        launcher_pid
-    } | sort -u
-}
-
-# True if one of the given processes is alive; a zombie is not (where init does not reap
-# orphans, as in some containers, a dead launcher stays a zombie and `kill -0` succeeds).
+# Nodes, ports, pid files. Node 0 is the single node of the old node.sh: it is only stopped.
+ndir() { if [ "$1" = 0 ]; then echo "$NODE_DIR"; else echo "$NODE_DIR/node-$1"; fi; }
+name() { if [ "$1" = 0 ]; then echo "imagejobs-$HASH8@localhost"; else echo "imagejobs-$HASH8-$1@localhost"; fi; }
+port() { echo $((BASE + ($1 - 1) * 10 + $2)); } # node, offset
+url() { printf 'amqp://guest:guest@127.0.0.1:%s/%%2f' "$(port "$1" 0)"; }
+all_urls() { local i s=""; for ((i = 1; i <= N; i++)); do s+=${s:+,}$(url "$i"); done; echo "$s"; }
+legacy() { [ -e "$NODE_DIR/ports" ]; }
+recorded() { cat "$NODE_DIR/nodes" 2>/dev/null || true; }
+has_mgmt() { grep -qs rabbitmq_management "$(ndir "$1")/enabled_plugins"; }
+valid_count() { [[ $1 =~ ^[1-9]$ ]] || die "BROKER_NODES=$1: expected a number of nodes in 1..9"; }
+valid_index() { [[ $1 =~ ^[1-9]$ && $1 -le $N ]] || die "no node '$1' (the deployment has $N)"; }
+# True if one of the processes lives (a zombie does not: some containers never reap them).
 alive() {
-    local pid state
-    for pid in "$@"; do
-        state=$(sed 's/.*) //' 2>/dev/null </proc/"$pid"/stat) || continue
-        [ "${state%% *}" != Z ] && return 0
-    done
+    local p s
+    for p; do s=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) && [ "${s%% *}" != Z ] && return 0; done
+    return 1
+}
+gone_within() { # seconds, pids
+    local k
+    for ((k = 0; k < $1 * 5; k++)); do alive "${@:2}" || return 0; sleep 0.2; done
     return 1
 }
 
-# Sends TERM to the given processes, waits up to $1 seconds, then KILLs what is left.
-terminate() {
-    local grace=$1
-    shift
-    [ "$#" -gt 0 ] || return 0
-    kill -TERM "$@" 2>/dev/null || true
-    kill -CONT "$@" 2>/dev/null || true # a stopped process handles TERM only when resumed
-    local i
-    for ((i = 0; i < grace * 10; i++)); do
-        alive "$@" || return 0
-        sleep 0.1
-    done
-    warn "node processes still alive after ${grace}s, killing them: $*"
-    kill -KILL "$@" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        alive "$@" || return 0
-        sleep 0.1
-    done
-    die "cannot kill node processes $* (do they belong to another user?)"
+# Prints the pid in file $1 if it lives and its command line has $2; drops a stale file.
+read_pid() {
+    local pid=""
+    if [ -s "$1" ]; then read -r pid <"$1" || true; fi
+    if ! [[ $pid =~ ^[0-9]+$ ]] || ! alive "$pid"; then rm -f "$1" && return 1; fi
+    [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"$2"* ]] && echo "$pid"
 }
+# The beam writes its pid (RABBITMQ_PID_FILE); launcher.pid is the rabbitmq-server script we
+# started ($!), to stop a node that never got as far as writing its pid.
+beam_pid() { local n && n=$(name "$1") && read_pid "$(ndir "$1")/rabbitmq.pid" "-imagejobs_node ${n%@*} "; }
+launcher_pid() { read_pid "$(ndir "$1")/launcher.pid" rabbitmq-server; }
+any_running() { local i; for ((i = 1; i <= N; i++)); do beam_pid "$i" >/dev/null && return 0; done; return 1; }
 
-# Removes what is left of a node that died or hangs: processes and pid files.
-clear_stale() {
-    local -a pids
-    mapfile -t pids < <(our_pids)
-    if [ "${#pids[@]}" -gt 0 ]; then
-        warn "found a node of an earlier run that does not answer (pids ${pids[*]}); stopping it"
-        terminate 10 "${pids[@]}"
-    fi
-    rm -f "$PID_FILE" "$LAUNCHER_PID_FILE"
+# N and BASE: those recorded for the deployment, else BROKER_NODES and BROKER_PORT_BASE.
+load() {
+    N=$(recorded) && N=${N:-${BROKER_NODES:-1}} && valid_count "$N"
+    BASE=${BROKER_PORT_BASE:-$DEFAULT_BASE}
+    if [ -s "$NODE_DIR/port-base" ] && any_running; then BASE=$(cat "$NODE_DIR/port-base"); fi
+    [[ $BASE =~ ^[1-9][0-9]{3,4}$ && $BASE -ge 1024 && $BASE -le 65436 ]] ||
+        die "BROKER_PORT_BASE=$BASE: expected a port number in 1024-65436"
 }
-
-# --- ports ------------------------------------------------------------------------------
-
-# True if something listens on TCP port $1 (on any address).
 port_taken() {
-    local port=$1
-    if command -v ss >/dev/null 2>&1 &&
-        ss -Htln 2>/dev/null | awk -v p=":$port" '$4 ~ (p "$") { found = 1 } END { exit !found }'; then
-        return 0
-    fi
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+    { command -v ss >/dev/null && ss -Htln | awk -v p=":$1" '$4 ~ (p "$") { f = 1 } END { exit !f }'; } ||
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
-
-valid_port() {
-    case "$1" in '' | *[!0-9]*) return 1 ;; esac
-    [ "$1" -ge 1024 ] && [ "$1" -le 65535 ]
-}
-
-reserved() {
-    case "$RESERVED_PORTS" in *" $1 "*) return 0 ;; esac
-    return 1
-}
-
-# Sets AMQP_PORT, MANAGEMENT_PORT and DIST_PORT: those of the running node if it runs,
-# else those a start would pick now (see choose_ports).
-planned_ports() {
-    local a m d
-    if [ -s "$PORTS_FILE" ] && read -r a m d <"$PORTS_FILE" &&
-        valid_port "$a" && valid_port "$m" && valid_port "$d" && registered; then
-        AMQP_PORT=$a MANAGEMENT_PORT=$m DIST_PORT=$d
-        return 0
-    fi
-    choose_ports lenient
-}
-
-# $1 + $2, or $1 - $2 where the sum is not a port.
-shifted() {
-    if [ $(($1 + $2)) -le 65535 ]; then echo $(($1 + $2)); else echo $(($1 - $2)); fi
-}
-
-ports_free() {
-    local p
-    for p in "$AMQP_PORT" "$MANAGEMENT_PORT" "$DIST_PORT"; do
-        port_taken "$p" && return 1
+check_ports() { # node, management (yes/no)
+    local w p
+    for w in AMQP:0 management:2 Prometheus:3 "Erlang distribution:4"; do
+        [ "${w#*:}" = 2 ] && [ "$2" != yes ] && continue
+        p=$(port "$1" "${w#*:}")
+        ! port_taken "$p" || die "port $p (${w%:*} of node $1) is already in use by another program.
+rabbitmq: This checkout's nodes use ports $BASE-$((BASE + 99)); BROKER_PORT_BASE=NNNNN picks another block."
     done
-    return 0
 }
 
-# Picks the ports for a start: with RABBITMQ_PORT, that one (and the management and
-# distribution ports derived from it unless set too); else the first triple, from the
-# hash of the checkout's path on, that is free and avoids the reserved ports. The same
-# checkout thus gets the same ports every time unless another program took them.
-# With `strict` (start), ports that are taken are an error; else they are just reported.
-choose_ports() {
-    local mode=${1:-strict}
-    if [ -n "${RABBITMQ_PORT:-}" ]; then
-        valid_port "$RABBITMQ_PORT" || die "RABBITMQ_PORT=$RABBITMQ_PORT is not a port number in 1024-65535"
-        AMQP_PORT=$RABBITMQ_PORT
-        MANAGEMENT_PORT=${RABBITMQ_MANAGEMENT_PORT:-$(shifted "$AMQP_PORT" "$MANAGEMENT_OFFSET")}
-        DIST_PORT=${RABBITMQ_DIST_PORT:-$(shifted "$AMQP_PORT" "$DIST_OFFSET")}
-        valid_port "$MANAGEMENT_PORT" || die "bad management port $MANAGEMENT_PORT"
-        valid_port "$DIST_PORT" || die "bad distribution port $DIST_PORT"
-        [ "$mode" = strict ] || return 0
-        local p
-        for p in "$AMQP_PORT" "$MANAGEMENT_PORT" "$DIST_PORT"; do
-            port_taken "$p" && die "port $p is already in use by another program (RABBITMQ_PORT=$RABBITMQ_PORT:
-rabbitmq: AMQP $AMQP_PORT, management $MANAGEMENT_PORT, distribution $DIST_PORT)"
-        done
-        return 0
-    fi
-    local i a
-    for ((i = 0; i < 200; i++)); do
-        a=$((PORT_BASE + (PATH_HASH + i) % PORT_SPAN))
-        AMQP_PORT=$a MANAGEMENT_PORT=$((a + MANAGEMENT_OFFSET)) DIST_PORT=$((a + DIST_OFFSET))
-        reserved "$AMQP_PORT" || reserved "$MANAGEMENT_PORT" || reserved "$DIST_PORT" && continue
-        ports_free && return 0
-    done
-    [ "$mode" = strict ] || return 0
-    die "no free ports found in $PORT_BASE-$((PORT_BASE + PORT_SPAN - 1)) (+$MANAGEMENT_OFFSET, +$DIST_OFFSET); set RABBITMQ_PORT"
+# ENVP: `env` that drops the caller's RABBITMQ_* and ERL_*FLAGS (they would redirect our
+# nodes), sets our HOME (cookie), an empty RABBITMQ_CONF_ENV_FILE of ours (not
+# /etc/rabbitmq/rabbitmq-env.conf), the CLI's ports and a UTF-8 locale for the Elixir CLI.
+cli_env() {
+    local v
+    ENVP=(env)
+    while read -r v; do
+        case $v in RABBITMQ_* | ERL_FLAGS | ERL_AFLAGS | ERL_ZFLAGS | ERL_LIBS) ENVP+=(-u "$v") ;; esac
+    done < <(compgen -e)
+    ENVP+=(HOME="$HOME_DIR" RABBITMQ_CONF_ENV_FILE="$NODE_DIR/rabbitmq-env.conf"
+        RABBITMQ_USE_LONGNAME=false RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+        RABBITMQ_CTL_DIST_PORT_MIN=$((BASE + 90)) RABBITMQ_CTL_DIST_PORT_MAX=$((BASE + 99)))
+    [[ ${LC_ALL:-${LC_CTYPE:-${LANG:-}}} =~ [Uu][Tt][Ff]-?8 ]] ||
+        if locale -a 2>/dev/null | grep -qix 'c\.utf-\{0,1\}8'; then ENVP+=(LC_ALL=C.UTF-8); fi
 }
-
-amqp_url() { printf 'amqp://guest:guest@127.0.0.1:%s/%%2f\n' "$AMQP_PORT"; }
-
-# Whether the next start enables the management plugin: enabled_plugins lists it, or
-# RABBITMQ_MANAGEMENT=1 asks for it.
-wants_management() {
-    [ "${RABBITMQ_MANAGEMENT:-}" = 1 ] || grep -q 'rabbitmq_management' "$SCRIPT_DIR/enabled_plugins" 2>/dev/null
-}
-
-# Whether the node (as last started) has the management plugin.
-management_enabled() {
-    if [ -f "$PLUGINS_FILE" ]; then
-        grep -q 'rabbitmq_management' "$PLUGINS_FILE"
-    else
-        wants_management
-    fi
-}
-
-# --- files of the node ------------------------------------------------------------------
+cli() { local t=$1 i=$2 && shift 2 && cli_env && "${ENVP[@]}" "$RMQ_BIN/$t" -n "$(name "$i")" "$@"; }
 
 lock() {
-    mkdir -p "$NODE_DIR"
-    if command -v flock >/dev/null 2>&1; then
-        exec 9>"$LOCK_FILE"
-        flock -w 120 9 || die "another rabbitmq/node.sh is busy with this node (lock $LOCK_FILE)"
-    fi
+    mkdir -p "$NODE_DIR" && exec 9>"$NODE_DIR/.lock"
+    flock -w 120 9 || die "another rabbitmq/node.sh is busy with these nodes ($NODE_DIR/.lock)"
 }
-
-write_files() {
-    mkdir -p "$HOME_DIR" "$MNESIA_BASE" "$LOG_DIR"
-    if [ ! -s "$HOME_DIR/.erlang.cookie" ]; then
-        (
-            umask 077
-            head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n' | head -c 40 >"$HOME_DIR/.erlang.cookie"
-        )
-        chmod 400 "$HOME_DIR/.erlang.cookie"
+write_files() { # the nodes to (re)generate
+    local i j d c=$HOME_DIR/.erlang.cookie
+    mkdir -p "$HOME_DIR"
+    if [ ! -s "$c" ]; then
+        (umask 077 && head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n' | head -c 40 >"$c") && chmod 400 "$c"
     fi
-    printf '# Empty on purpose: keeps /etc/rabbitmq/rabbitmq-env.conf away from this node.\n' >"$ENV_CONF_FILE"
-    if wants_management && ! grep -q 'rabbitmq_management' "$SCRIPT_DIR/enabled_plugins"; then
-        # Add it to the list, which is an Erlang term such as `[].` or `[a,b].`.
-        if grep -q '^[[:space:]]*\[[[:space:]]*\][[:space:]]*\.' "$SCRIPT_DIR/enabled_plugins"; then
-            printf '[rabbitmq_management].\n'
-        else
-            sed '0,/\[/s//[rabbitmq_management,/' "$SCRIPT_DIR/enabled_plugins"
-        fi >"$PLUGINS_FILE"
-    else
-        cp "$SCRIPT_DIR/enabled_plugins" "$PLUGINS_FILE"
-    fi
-    {
-        printf '# Generated by rabbitmq/node.sh from rabbitmq/rabbitmq.conf; edit that file instead.\n'
-        if management_enabled; then
-            sed "s/@AMQP_PORT@/$AMQP_PORT/g; s/@MANAGEMENT_PORT@/$MANAGEMENT_PORT/g" "$SCRIPT_DIR/rabbitmq.conf"
-        else
-            sed "s/@AMQP_PORT@/$AMQP_PORT/g; /^[[:space:]]*management\./d" "$SCRIPT_DIR/rabbitmq.conf"
-        fi
-    } >"$CONFIG_FILE"
-    printf '%s %s %s\n' "$AMQP_PORT" "$MANAGEMENT_PORT" "$DIST_PORT" >"$PORTS_FILE"
-    write_env_file
+    echo '# Empty: keeps /etc/rabbitmq/rabbitmq-env.conf away from our nodes.' >"$NODE_DIR/rabbitmq-env.conf"
+    echo "$N" >"$NODE_DIR/nodes" && echo "$BASE" >"$NODE_DIR/port-base"
+    ln -sfn node-1/rabbitmq.pid "$NODE_DIR/rabbitmq.pid"
+    for i; do
+        d=$(ndir "$i") && mkdir -p "$d/mnesia" "$d/log" "$d/conf.d"
+        (IFS=, && echo "[${PLUGINS[*]}].") >"$d/enabled_plugins"
+        {
+            echo '# Generated by rabbitmq/node.sh from rabbitmq/rabbitmq.conf; edit that file instead.'
+            cat "$SCRIPT_DIR/rabbitmq.conf"
+            printf '\n## Node %s of %s (generated)\n' "$i" "$N"
+            echo "listeners.tcp.1 = 127.0.0.1:$(port "$i" 0)" && echo "prometheus.tcp.port = $(port "$i" 3)"
+            if has_mgmt "$i"; then printf 'management.tcp.%s\n' "ip = 127.0.0.1" "port = $(port "$i" 2)"; fi
+            echo 'cluster_formation.peer_discovery_backend = classic_config'
+            # The node holding the formation lock forms the cluster when no peer has yet: it
+            # must not retry 10 x 500 ms to join peers that wait for that lock.
+            echo 'cluster_formation.discovery_retry_limit = 1'
+            for ((j = 1; j <= N; j++)); do echo "cluster_formation.classic_config.nodes.$j = $(name "$j")"; done
+        } >"$d/rabbitmq.conf"
+    done
 }
-
 write_env_file() {
-    {
-        printf '# Written by rabbitmq/node.sh: the private RabbitMQ node of this checkout.\n'
-        printf '# rabbitmqctl needs HOME=%s to find its cookie: use rabbitmq/node.sh ctl ...\n' "$HOME_DIR"
-        printf "export AMQP_URL='%s'\n" "$(amqp_url)"
-        printf "export RABBITMQ_NODENAME='%s'\n" "$NODE"
-        printf 'export RABBITMQ_AMQP_PORT=%s\n' "$AMQP_PORT"
-        if management_enabled; then
-            printf 'export RABBITMQ_MANAGEMENT_PORT=%s\n' "$MANAGEMENT_PORT"
-            printf "export RABBITMQ_MANAGEMENT_URL='http://127.0.0.1:%s/'\n" "$MANAGEMENT_PORT"
-        fi
-    } >"$ENV_FILE.tmp"
-    mv "$ENV_FILE.tmp" "$ENV_FILE"
+    local i names="" proms="" m
+    local -a v=(AMQP_URL "$(all_urls)")
+    for ((i = 1; i <= N; i++)); do
+        v+=("AMQP_URL_$i" "$(url "$i")") names+=${names:+ }$(name "$i")
+        proms+=${proms:+ }http://127.0.0.1:$(port "$i" 3)/metrics
+    done
+    v+=(BROKER_NODES "$N" RABBITMQ_NODENAME "$(name 1)" RABBITMQ_NODENAMES "$names"
+        RABBITMQ_AMQP_PORT "$(port 1 0)" RABBITMQ_PROMETHEUS_URLS "$proms")
+    if has_mgmt 1; then
+        m=$(port 1 2) && v+=(RABBITMQ_MANAGEMENT_PORT "$m" RABBITMQ_MANAGEMENT_URL "http://127.0.0.1:$m/")
+    fi
+    { echo "# Written by rabbitmq/node.sh start; rabbitmqctl: use rabbitmq/node.sh ctl ..." &&
+        printf "export %s='%s'\n" "${v[@]}"; } >"$ENV_FILE.tmp" && mv "$ENV_FILE.tmp" "$ENV_FILE"
+}
+print_deployment() {
+    local i
+    for ((i = 1; i <= N; i++)); do say "node $i: $(name "$i")  $(url "$i")"; done
+    if has_mgmt 1; then say "management: http://127.0.0.1:$(port 1 2)/ (guest/guest)"; fi
+    say "AMQP_URL=$(all_urls)" && say "settings: . $ENV_FILE"
 }
 
-print_running() {
-    say "node $NODE is running"
-    say "AMQP_URL=$(amqp_url)"
-    if management_enabled; then
-        say "management: http://127.0.0.1:$MANAGEMENT_PORT/ (guest/guest)"
-    fi
-    say "settings: . $ENV_FILE"
+# Starts node $1 detached (own session, the lock closed) in its directory; $! is the pid of
+# rabbitmq-server, the script that stops the beam on TERM.
+launch() {
+    local d n detach=(nohup)
+    d=$(ndir "$1") n=$(name "$1") && cli_env
+    if command -v setsid >/dev/null; then detach=(setsid nohup); fi
+    ENVP+=(RABBITMQ_NODENAME="$n" RABBITMQ_MNESIA_BASE="$d/mnesia" RABBITMQ_LOG_BASE="$d/log"
+        RABBITMQ_CONFIG_FILE="$d/rabbitmq.conf" RABBITMQ_CONFIG_FILES="$d/conf.d"
+        RABBITMQ_ADVANCED_CONFIG_FILE="$d/advanced.config" RABBITMQ_PID_FILE="$d/rabbitmq.pid"
+        RABBITMQ_ENABLED_PLUGINS_FILE="$d/enabled_plugins" ERL_CRASH_DUMP="$d/log/erl_crash.dump"
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$(port "$1" 0)"
+        RABBITMQ_DIST_PORT="$(port "$1" 4)"
+        # Distribution on loopback only; the marker lets beam_pid tell our beam from a reused pid.
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} -imagejobs_node ${n%@*}")
+    exec 8>>"$d/log/startup.log" && printf '\n==== %s: starting %s\n' "$(date '+%F %T')" "$n" >&8
+    (cd "$d" && exec 9>&- && exec "${detach[@]}" "${ENVP[@]}" "$SERVER" </dev/null >&8 2>&1 8>&-) &
+    exec 8>&-
+    echo "$!" >"$d/launcher.pid" && LAUNCHED+=("$1")
 }
-
-show_log_tail() {
-    local run
-    if [ -s "$STARTUP_LOG" ]; then
-        # This start's part of the startup log: its first errors name the cause, its end
-        # how the node went down.
-        run=$(awk '/^==== .*: starting / { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }' "$STARTUP_LOG")
-        if grep -q '\[error\]' <<<"$run"; then
-            warn "---- first errors in $STARTUP_LOG ----"
-            grep -m 12 '\[error\]' <<<"$run" >&2 || true
-        fi
-        warn "---- last lines of $STARTUP_LOG ----"
-        tail -n 25 <<<"$run" >&2
-    fi
-    if [ -s "$LOG_DIR/$NODE.log" ]; then
-        warn "---- last lines of $LOG_DIR/$NODE.log ----"
-        tail -n 25 "$LOG_DIR/$NODE.log" >&2
-    fi
+start_failed() { # node, message: show the logs, stop what this run started, fail
+    local d log run
+    d=$(ndir "$1") log=$(ndir "$1")/log/$(name "$1").log && warn "$2"
+    run=$(awk '/^==== .*: starting /{ b = "" } { b = b $0 "\n" } END { printf "%s", b }' "$d/log/startup.log")
+    warn "---- first errors and last lines of this start in $d/log/startup.log ----"
+    { grep -m 8 '\[error\]' <<<"$run" || true; tail -n 12 <<<"$run"; } >&2
+    if [ -s "$log" ]; then warn "---- last lines of $log ----" && tail -n 15 "$log" >&2; fi
+    stop_nodes --kill "${LAUNCHED[@]}" >/dev/null 2>&1 || true
+    die "could not start node $(name "$1") (logs in $d/log; \`rabbitmq/node.sh reset\` starts afresh)"
 }
-
-# --- commands ---------------------------------------------------------------------------
+# Waits, within RABBITMQ_START_TIMEOUT, until the given nodes have booted (await_startup in
+# parallel), then until node $1 lists every node whose beam lives as running.
+wait_up() {
+    local deadline=$((SECONDS + START_TIMEOUT)) i k=0 out n l
+    local -a bg=() need=()
+    for i; do
+        l=$(cat "$(ndir "$i")/launcher.pid" 2>/dev/null || true)
+        until beam_pid "$i" >/dev/null; do # the beam writes it once its distribution is up
+            alive "${l:-0}" || beam_pid "$i" >/dev/null || start_failed "$i" "node $i exited while starting"
+            [ "$SECONDS" -lt "$deadline" ] || start_failed "$i" "node $i did not come up within ${START_TIMEOUT}s"
+            sleep 0.2
+        done
+    done
+    for i; do
+        k=$((deadline - SECONDS > 1 ? deadline - SECONDS : 1))
+        cli rabbitmqctl "$i" -q await_startup -t "$k" >/dev/null 2>&1 & bg+=($!)
+    done
+    k=0
+    for i; do wait "${bg[k++]}" || start_failed "$i" "node $i did not finish booting within ${START_TIMEOUT}s"; done
+    [ "$N" -gt 1 ] || return 0 # a single node is its own cluster
+    for ((i = 1; i <= N; i++)); do if beam_pid "$i" >/dev/null; then need+=("$(name "$i")"); fi; done
+    while :; do
+        out=$(cli rabbitmqctl "$1" -q cluster_status --formatter json 2>/dev/null || true)
+        out=$(sed -n 's/.*"running_nodes":\[\([^]]*\)\].*/\1/p' <<<"$out") k=0
+        for n in "${need[@]}"; do [[ $out == *"\"$n\""* ]] || k=1; done
+        [ "$k" = 1 ] || return 0
+        [ "$SECONDS" -lt "$deadline" ] || start_failed "$1" "no one cluster in ${START_TIMEOUT}s (running: ${out:-?})"
+        sleep 0.5
+    done
+}
+reap() { # pids: let them end within 30 s, else TERM them, then KILL them
+    [ "$#" -gt 0 ] || return 0
+    gone_within 30 "$@" && return 0
+    warn "still running after 30s, sending TERM to $*" && { kill -TERM "$@" 2>/dev/null || true; }
+    gone_within 10 "$@" && return 0
+    warn "sending KILL to $*" && { kill -KILL "$@" 2>/dev/null || true; }
+    gone_within 5 "$@" || die "cannot stop processes $*"
+}
+# Stops the given nodes in parallel: `rabbitmqctl stop` (--kill: SIGKILL the beam), TERM
+# where that fails or no beam wrote its pid, then reap.
+stop_nodes() {
+    local kill="" i b l
+    local -a pids=() bg=()
+    if [ "${1:-}" = --kill ]; then kill=1 && shift; fi
+    for i; do
+        b=$(beam_pid "$i") || b=""
+        l=$(launcher_pid "$i") || l=""
+        pids+=(${b:+"$b"} ${l:+"$l"})
+        if [ -n "$b" ] && [ -n "$kill" ]; then
+            say "killing node $(name "$i") (pid $b)" && kill -KILL "$b"
+        elif [ -n "$b" ]; then
+            say "stopping node $(name "$i")"
+            (cli rabbitmqctl "$i" -q stop -t 30 >/dev/null 2>&1 || kill -TERM "$b" "${l:-$b}" 2>/dev/null || true) &
+            bg+=($!)
+        elif [ -n "$l" ]; then kill -TERM "$l" 2>/dev/null || true; fi
+    done
+    [ "${#bg[@]}" -eq 0 ] || wait "${bg[@]}" || true
+    reap "${pids[@]}"
+    for i; do rm -f "$(ndir "$i")/rabbitmq.pid" "$(ndir "$i")/launcher.pid"; done
+}
+stop_all() { local -a all && mapfile -t all < <(seq 1 "$N") && if legacy; then all+=(0); fi; stop_nodes "${all[@]}"; }
 
 cmd_start() {
     [ -x "$SERVER" ] || cmd_install
-    check_version
-    lock
-    if answers; then
-        local wanted=${RABBITMQ_PORT:-}
-        planned_ports
-        write_env_file
-        print_running
-        if [ -n "$wanted" ] && [ "$wanted" != "$AMQP_PORT" ]; then
-            warn "the running node listens on $AMQP_PORT, not RABBITMQ_PORT=$wanted: stop it first to change"
-        fi
-        if wants_management && ! management_enabled; then
-            warn "the running node has no management plugin: stop it first to enable it"
-        fi
-        return 0
+    check_version && lock
+    ! legacy || die "rabbitmq/.node is from the old node.sh (node $(name 0)): \`rabbitmq/node.sh reset\`
+rabbitmq: stops that node and deletes its data"
+    local want rec i started=$SECONDS mgmt=""
+    local -a todo=() all=()
+    # Without BROKER_NODES, the deployment that exists (one node when there is none).
+    rec=$(recorded) && want=${BROKER_NODES:-${rec:-1}} && valid_count "$want" && load
+    if [ -n "$rec" ] && [ "$rec" != "$want" ]; then
+        if any_running; then i="is running"; else i=exists; fi
+        die "a $rec-node deployment $i in $NODE_DIR, not a $want-node one (BROKER_NODES=$want):
+rabbitmq: start it with BROKER_NODES=$rec, or \`rabbitmq/node.sh reset\` first (deletes its data)"
     fi
-    clear_stale
-    choose_ports
-    write_files
-
-    local started=$SECONDS
-    say "starting node $NODE on 127.0.0.1:$AMQP_PORT (data in $NODE_DIR)"
-    node_env
-    local -a server_env=(
-        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-        RABBITMQ_NODE_PORT="$AMQP_PORT"
-        RABBITMQ_DIST_PORT="$DIST_PORT"
-        # Distribution on loopback only; the marker lets us find the process later.
-        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} $MARKER"
-    )
-    local -a detach=(nohup)
-    command -v setsid >/dev/null 2>&1 && detach=(setsid nohup)
-    printf '\n==== %s: starting %s\n' "$(date '+%F %T')" "$NODE" >>"$STARTUP_LOG"
-    # Detached (own session, no terminal, the lock's descriptor closed), in our directory
-    # so that nothing (erl_crash.dump...) lands in the caller's. Without setsid in the way,
-    # $! is the pid of rabbitmq-server, the script that stops the beam on TERM.
-    (
-        cd "$NODE_DIR"
-        exec 9>&-
-        exec "${detach[@]}" "${NODE_ENV[@]}" "${server_env[@]}" "$SERVER" </dev/null >>"$STARTUP_LOG" 2>&1
-    ) &
-    local launcher=$!
-    echo "$launcher" >"$LAUNCHER_PID_FILE"
-
-    # Wait until the node has registered with epmd (cheap to ask), then until the broker
-    # has booted.
-    local deadline=$((SECONDS + START_TIMEOUT)) r
-    while :; do
-        r=0
-        registered || r=$?
-        [ "$r" -eq 0 ] && break
-        if [ "$r" -eq 2 ] && ctl -q ping -t 2 >/dev/null 2>&1; then break; fi
-        alive "$launcher" || start_failed "the node exited while starting"
-        [ "$SECONDS" -lt "$deadline" ] || start_failed "the node did not come up within ${START_TIMEOUT}s"
-        sleep 0.2
+    for ((i = 1; i <= N; i++)); do
+        all+=("$i") && beam_pid "$i" >/dev/null && continue
+        stop_nodes "$i" >/dev/null && todo+=("$i") # a launcher whose beam never wrote its pid
     done
-    local left=$((deadline - SECONDS))
-    [ "$left" -ge 1 ] || left=1
-    ctl -q await_startup -t "$left" >/dev/null 2>&1 ||
-        start_failed "the broker did not finish booting within ${START_TIMEOUT}s"
-    print_running
-    say "started in $((SECONDS - started))s"
-}
-
-start_failed() {
-    warn "$1"
-    show_log_tail
-    clear_stale >/dev/null 2>&1 || true
-    die "could not start RabbitMQ node $NODE (logs in $LOG_DIR)"
-}
-
-# Stops our node: politely with rabbitmqctl, then by signals for what is left.
-stop_node() {
-    local asked=
-    if answers; then
-        say "stopping node $NODE"
-        if ctl -q stop >/dev/null 2>&1; then
-            asked=1
-        else
-            warn "rabbitmqctl stop failed; signalling the node instead"
-        fi
+    if [ "${#todo[@]}" -eq 0 ]; then
+        say "the $N-node deployment is already running"
+        [ "${BROKER_PORT_BASE:-$BASE}" = "$BASE" ] || warn "its ports start at $BASE: stop it to change that"
+        [[ ${PLUGINS[*]} != *management* ]] || has_mgmt 1 || warn "it has no management: stop it to add it"
+        write_env_file && print_deployment && return 0
     fi
-    local -a pids
-    mapfile -t pids < <(our_pids)
-    [ "${#pids[@]}" -gt 0 ] || return 0
-    if [ -n "$asked" ]; then
-        # A node that accepted `stop` exits on its own within seconds.
-        local i
-        for ((i = 0; i < 300; i++)); do
-            alive "${pids[@]}" || break
-            sleep 0.1
-        done
-        mapfile -t pids < <(our_pids)
-    else
-        warn "node processes ${pids[*]} do not answer; stopping them by signal"
-    fi
-    # TERM makes rabbitmq-server (and the beam) shut down cleanly; KILL comes last.
-    terminate 20 "${pids[@]}"
+    [[ ${PLUGINS[*]} != *management* ]] || mgmt=yes
+    for i in "${todo[@]}"; do check_ports "$i" "$mgmt"; done
+    write_files "${todo[@]}" && say "starting node(s) ${todo[*]} of $N (data in $NODE_DIR)"
+    for i in "${todo[@]}"; do launch "$i"; done
+    wait_up "${all[@]}"
+    write_env_file && print_deployment && say "started in $((SECONDS - started))s"
 }
-
-cmd_stop() {
-    if [ ! -d "$NODE_DIR" ]; then
-        say "node $NODE is not running"
-        return 0
-    fi
-    lock
-    stop_node
-    rm -f "$PID_FILE" "$LAUNCHER_PID_FILE"
-    say "node $NODE is stopped"
+cmd_start_node() {
+    lock && load && valid_index "$1"
+    [ -s "$(ndir "$1")/rabbitmq.conf" ] || die "node $1 was never started here: use start"
+    if beam_pid "$1" >/dev/null; then say "node $1 ($(name "$1")) is already running" && return 0; fi
+    stop_nodes "$1" >/dev/null && check_ports "$1" "$(has_mgmt "$1" && echo yes)"
+    say "starting node $1 ($(name "$1"))" && launch "$1" && wait_up "$1"
+    say "node $1 is running and in the cluster: $(url "$1")"
 }
-
 cmd_status() {
-    planned_ports
-    if [ -d "$NODE_DIR" ] && answers; then
-        print_running
-        return 0
-    fi
-    local -a pids
-    mapfile -t pids < <(our_pids)
-    if [ "${#pids[@]}" -gt 0 ]; then
-        say "node $NODE is not answering (processes ${pids[*]} remain; start replaces them)"
-    else
-        say "node $NODE is not running"
-    fi
-    say "its AMQP URL would be $(amqp_url)"
-    return 1
+    local i p rc=0
+    local -a bg=()
+    load
+    for ((i = 1; i <= N; i++)); do
+        bg[i]=""
+        if beam_pid "$i" >/dev/null; then cli rabbitmqctl "$i" -q ping -t 10 >/dev/null 2>&1 & bg[i]=$!; fi
+    done
+    for ((i = 1; i <= N; i++)); do
+        if [ -n "${bg[i]}" ] && wait "${bg[i]}"; then p="is running"
+        elif p=$(beam_pid "$i"); then p="does not answer (pid $p)" rc=1
+        else p="is not running" rc=1; fi
+        say "node $i: $(name "$i") $p  $(url "$i")"
+    done
+    say "AMQP_URL=$(all_urls)" && return "$rc"
 }
-
-cmd_url() {
-    planned_ports
-    amqp_url
-}
-
 cmd_reset() {
     if [ -d "$NODE_DIR" ]; then
-        lock
-        stop_node
-        case "$NODE_DIR" in
-            */rabbitmq/.node) rm -rf -- "$NODE_DIR" ;;
-            *) die "refusing to delete $NODE_DIR" ;;
-        esac
+        lock && load && stop_all
+        case "$NODE_DIR" in */rabbitmq/.node) rm -rf -- "$NODE_DIR" ;; *) die "refusing to delete $NODE_DIR" ;; esac
     fi
-    say "node $NODE is stopped and $NODE_DIR is deleted"
+    say "stopped; $NODE_DIR is deleted"
 }
-
-cmd_ctl() {
-    [ -d "$HOME_DIR" ] || die "node $NODE was never started here (no $HOME_DIR)"
-    node_env
-    exec "${NODE_ENV[@]}" "$CTL" -n "$NODE" "$@"
-}
-
-usage_error() {
-    usage >&2
-    exit 2
+cmd_cli() { # tool, node, args
+    load && valid_index "$2"
+    [ -s "$HOME_DIR/.erlang.cookie" ] || die "no node was ever started here (no $HOME_DIR/.erlang.cookie)"
+    cli "$@"
 }
 
 main() {
     local cmd=${1:-}
-    [ "$#" -gt 0 ] && shift
+    [ "$#" -eq 0 ] || shift
     case "$cmd" in
         install) cmd_install ;;
         start) cmd_start ;;
-        stop) cmd_stop ;;
+        stop) if [ -d "$NODE_DIR" ]; then lock && load && stop_all; fi && say "stopped" ;;
         status) cmd_status ;;
-        url) cmd_url ;;
+        url) load && all_urls ;;
         reset) cmd_reset ;;
-        ctl) cmd_ctl "$@" ;;
+        pid) load && valid_index "${1:-}" && { beam_pid "$1" || die "node $1 is not running"; } ;;
+        start-node) cmd_start_node "${1:-}" ;;
+        stop-node)
+            [[ ${2:---kill} == --kill ]] || die "usage: rabbitmq/node.sh stop-node I [--kill]"
+            lock && load && valid_index "${1:-}" && stop_nodes ${2:+"$2"} "$1" && say "node $1 is stopped" ;;
+        ctl) cmd_cli rabbitmqctl "${BROKER_NODE:-1}" "$@" ;;
+        ctl-node) cmd_cli rabbitmqctl "${1:-}" "${@:2}" ;;
+        queues | streams | diagnostics) cmd_cli "rabbitmq-$cmd" "${BROKER_NODE:-1}" "$@" ;;
         -h | --help | help) usage ;;
-        *) usage_error ;;
+        *) usage >&2 && exit 2 ;;
     esac
 }
 

@@ -14,3 +14,9 @@ cargo test --workspace --no-fail-fast
 # The benchmark tool, in its tiny smoke form: it checks that the tool works, not how fast.
 ./scripts/bench.sh --smoke > target/bench-smoke.log 2>&1 || { tail -n 40 target/bench-smoke.log; exit 1; }
 echo "benchmark smoke run: ok (target/bench-smoke.log)"
+
+# The short chaos run (about a minute): faults under load, then every accepted job
+# reconciled. Last, since it restarts the broker and raises alarms on it.
+./scripts/chaos.sh --short > target/chaos-short.log 2>&1 || { tail -n 60 target/chaos-short.log; exit 1; }
+sed -n '/^Run of/,$p' target/chaos-short.log
+echo "chaos short run: ok (target/chaos-short.log)"

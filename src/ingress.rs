@@ -9,7 +9,7 @@ use clap::{ArgAction, Parser};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use imagejobs_core::broker::{Broker, BrokerConfig};
+use imagejobs_core::broker::{Broker, BrokerConfig, WhenBlocked};
 use imagejobs_core::config::{self, BrokerArgs, ByteSize, Secret};
 use imagejobs_core::events::{EventSink, Feed, Start};
 use imagejobs_core::topology::Topology;
@@ -18,6 +18,7 @@ use crate::auth::Verifier;
 use crate::http::{self, AppState, Shared};
 use crate::idempotency::IdempotencyCache;
 use crate::index::{self, JobIndex};
+use crate::outbox::Outbox;
 use crate::ratelimit::TenantLimiter;
 
 /// `imagejobs-ingress`: the HTTP API that validates and publishes image jobs.
@@ -142,6 +143,9 @@ impl IngressConfig {
     }
 }
 
+/// QUEUED events kept for the broker at most (about 300 bytes each).
+const OUTBOX_CAPACITY: usize = 100_000;
+
 /// A built ingress: listening, connected in the background, not yet serving.
 pub struct Ingress {
     listener: TcpListener,
@@ -172,6 +176,8 @@ impl Ingress {
         );
         broker_config.channels = config.amqp_channels;
         broker_config.publish_timeout = config.publish_timeout;
+        // A blocked broker would hold a submit for the whole confirm timeout: say 503 now.
+        broker_config.when_blocked = WhenBlocked::FailFast;
         // The connection outlives the HTTP server's drain: submits in flight at shutdown
         // still get their confirms. It closes when `run_until_stopped` returns.
         let broker_stop = CancellationToken::new();
@@ -187,12 +193,13 @@ impl Ingress {
         ));
         let state = AppState::new(Shared {
             broker,
-            events,
+            events: events.clone(),
             verifier,
             max_body: config.max_body_bytes.as_usize(),
             limiter: TenantLimiter::new(config.tenant_rate, config.tenant_burst),
             idempotency: IdempotencyCache::new(Duration::from_secs(24 * 3600), 1_000_000),
             index,
+            outbox: Outbox::start(events, OUTBOX_CAPACITY, broker_stop.clone()),
         });
         Ok(Ingress {
             listener,

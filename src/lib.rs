@@ -5,7 +5,8 @@
 //! - [`http`]: routes, the submit body parser, the error type of the API.
 //! - [`auth`]: bearer tokens; [`ratelimit`]: per-tenant limits; [`idempotency`]: keyed
 //!   submits.
-//! - [`index`]: the job index and the follower that feeds it from the events stream.
+//! - [`index`]: the job index and the follower that feeds it from the events stream;
+//!   [`outbox`]: QUEUED events that still have to reach the stream.
 //! - [`cli`]: the `imagejobs` command.
 //!
 //! What the consumer shares with the ingress (wire types, topology, broker connection,
@@ -17,4 +18,5 @@ pub mod http;
 pub mod idempotency;
 pub mod index;
 pub mod ingress;
+pub mod outbox;
 pub mod ratelimit;

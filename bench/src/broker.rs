@@ -47,9 +47,23 @@ pub async fn publish_confirmed(
     count: usize,
     make: MakeMessage,
 ) -> anyhow::Result<Duration> {
+    publish_confirmed_on(&[conn], channels, window, count, make).await
+}
+
+/// [`publish_confirmed`] with the channels spread over several connections.
+pub async fn publish_confirmed_on(
+    conns: &[&Connection],
+    channels: usize,
+    window: usize,
+    count: usize,
+    make: MakeMessage,
+) -> anyhow::Result<Duration> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut chans = Vec::with_capacity(channels);
-    for _ in 0..channels.max(1) {
+    for i in 0..channels.max(1) {
+        let conn = conns
+            .get(i % conns.len().max(1))
+            .context("no connection to publish on")?;
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         chans.push(ch);

@@ -27,7 +27,7 @@ use crate::broker;
 use crate::cpu::CpuSpent;
 use crate::harness::Harness;
 use crate::image::{Image, Size};
-use crate::report::{thousands, Report, Row};
+use crate::report::{ratio, thousands, Report, Row};
 
 /// Messages per second of the raw broker, by image size in bytes.
 #[derive(Clone, Debug, Default)]
@@ -101,6 +101,11 @@ async fn measure(h: &Harness, d: &Deployment, report: &mut Report) -> anyhow::Re
             }
             consume_cpu.add(&meter.spent());
         }
+        let pooled = if size == plan.reference() {
+            Some(pooled_publish(h, d, &image, count, window).await?)
+        } else {
+            None
+        };
         let reps = plan.ceiling_repeats;
         let p = median(&mut publish);
         ceiling.publish.insert(size.bytes, p.median);
@@ -116,6 +121,10 @@ async fn measure(h: &Harness, d: &Deployment, report: &mut Report) -> anyhow::Re
                 .ratio("1.00 (publish ceiling)")
                 .cpu(publish_cpu.per_job(count * reps)),
         );
+        if let Some(row) = pooled {
+            let rate = row.1;
+            report.row(row.0.ratio(ratio(rate, Some(p.median), "publish ceiling")));
+        }
         let mut best = 0.0f64;
         for (i, &prefetch) in plan.ceiling_prefetch.iter().enumerate() {
             let c = median(&mut consume[i]);
@@ -274,4 +283,69 @@ pub async fn consume_acked(
         .unwrap_or_else(|p| p.into_inner())
         .context("no last ack")?;
     Ok(last - first)
+}
+
+/// The same publishes on connections from a `deadpool-lapin` pool, one confirm channel on
+/// each, instead of several channels on one connection: what pooling connections would
+/// give the ingress (issue 8 asked for the figure).
+async fn pooled_publish(
+    h: &Harness,
+    d: &Deployment,
+    image: &Image,
+    count: usize,
+    window: usize,
+) -> anyhow::Result<(Row, f64)> {
+    let plan = &h.plan;
+    let url = h
+        .config
+        .amqp_url
+        .first()
+        .context("no AMQP URL")?
+        .expose()
+        .to_owned();
+    let manager = deadpool_lapin::Manager::new(
+        url,
+        lapin::ConnectionProperties::default,
+        async_rs::Runtime::tokio().context("the tokio runtime for deadpool-lapin")?,
+    );
+    let pool = deadpool_lapin::Pool::builder(manager)
+        .max_size(plan.publish_channels)
+        .build()
+        .context("building the connection pool")?;
+    let mut held = Vec::with_capacity(plan.publish_channels);
+    for _ in 0..plan.publish_channels {
+        held.push(pool.get().await.context("a pooled connection")?);
+    }
+    let conns: Vec<&lapin::Connection> = held.iter().map(|c| &**c).collect();
+    let meter = h.cpu_meter(vec![]);
+    h.progress(format!(
+        "ceiling: the same publishes on {} pooled connections (deadpool-lapin)",
+        conns.len()
+    ));
+    let took = broker::publish_confirmed_on(
+        &conns,
+        plan.publish_channels,
+        window,
+        count,
+        broker::job_message(d, image),
+    )
+    .await
+    .context("pooled publish")?;
+    let cpu = meter.spent();
+    consume_acked(&h.conn, &d.topology.work_queue(), 1, 128, count)
+        .await
+        .context("draining the pooled publishes")?;
+    let rate = count as f64 / took.as_secs_f64();
+    let row = Row::new("1 ceiling", "raw publish, confirmed, pooled connections")
+        .size(plan.reference().label)
+        .setting(format!(
+            "deadpool-lapin: {} connections × 1 ch × {window} in flight",
+            conns.len()
+        ))
+        .result(format!("{} msg/s", thousands(rate)))
+        .cpu(cpu.per_job(count));
+    for c in held {
+        let _ = c.close(200, "done".into()).await;
+    }
+    Ok((row, rate))
 }

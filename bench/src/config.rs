@@ -12,6 +12,10 @@ use crate::plan::ConsumerRun;
 #[derive(Parser, Clone, Debug)]
 #[command(name = "imagejobs-bench", version, about)]
 pub struct BenchConfig {
+    /// Without a command: the benchmarks.
+    #[command(subcommand)]
+    pub mode: Option<Mode>,
+
     /// A tiny run of every scenario (a few messages each, small images) that only checks
     /// that the tool works; its figures mean nothing.
     #[arg(long)]
@@ -80,6 +84,14 @@ pub struct BenchConfig {
     /// The compiler's version, for the report (scripts/bench.sh asks rustc).
     #[arg(long, env = "BENCH_RUSTC_VERSION")]
     pub rustc_version: Option<String>,
+}
+
+/// What to run instead of the benchmarks.
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum Mode {
+    /// The chaos runner (`make chaos`): the pipeline under load while faults are injected,
+    /// then a reconciliation of every accepted job.
+    Chaos(crate::chaos::ChaosArgs),
 }
 
 /// The five parts of the benchmark (issue 5).

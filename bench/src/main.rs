@@ -12,9 +12,11 @@
 //! - [`cpu`]: CPU time per job of each process.
 //! - [`report`]: the table, the verdicts on the targets, `BENCHMARKS.md`; [`machine`]:
 //!   what it ran on.
+//! - [`chaos`]: `imagejobs-bench chaos`, the fault-injection run of `make chaos`.
 
 mod broker;
 mod ceiling;
+mod chaos;
 mod config;
 mod consumers;
 mod cpu;
@@ -32,15 +34,21 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use config::{BenchConfig, Scenario};
+use config::{BenchConfig, Mode, Scenario};
 use harness::Harness;
 use plan::Plan;
 use report::Report;
 
 fn main() -> ExitCode {
     let config = BenchConfig::parse();
+    // The chaos run's own broker clients lose their node on purpose: errors only there.
+    let quiet = if config.mode.is_some() {
+        "error"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -78,6 +86,15 @@ stream (the bench's own, next to the ingress's index follower). CPU µs per job:
 
 /// Runs every scenario asked for; `Ok(false)` when one of them failed.
 async fn run(config: BenchConfig) -> anyhow::Result<bool> {
+    if let Some(Mode::Chaos(args)) = &config.mode {
+        return chaos::run(
+            config.amqp_url.clone(),
+            config.bin_dir(),
+            config.log_dir.clone(),
+            args,
+        )
+        .await;
+    }
     let mut plan = if config.smoke {
         Plan::smoke()
     } else {

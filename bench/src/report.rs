@@ -166,7 +166,7 @@ impl Report {
     }
 }
 
-fn table<const N: usize>(out: &mut String, header: &[&str; N], rows: &[[String; N]]) {
+pub fn table<const N: usize>(out: &mut String, header: &[&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -226,16 +226,27 @@ const END: &str = "<!-- bench:end -->";
 /// Puts `section` between the bench markers of `path`, keeping what is around them;
 /// creates the file, or appends the markers, when they are missing.
 pub fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+    let new_file = "# Benchmarks\n\nWritten by `make bench` (scripts/bench.sh, bench/).\n\n";
+    write_between(path, BEGIN, END, new_file, section)
+}
+
+/// Replaces what stands between the lines `begin` and `end` of `path` with `section`,
+/// or appends the markers and the section; a missing file starts as `new_file`.
+pub fn write_between(
+    path: &Path,
+    begin: &str,
+    end: &str,
+    new_file: &str,
+    section: &str,
+) -> anyhow::Result<()> {
     let old = match std::fs::read_to_string(path) {
         Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            "# Benchmarks\n\nWritten by `make bench` (scripts/bench.sh, bench/).\n\n".to_owned()
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_file.to_owned(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let block = format!("{BEGIN}\n{section}\n{END}");
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{block}{}", &old[..b], &old[e + END.len()..]),
+    let block = format!("{begin}\n{section}\n{end}");
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{block}{}", &old[..b], &old[e + end.len()..]),
         _ => format!("{}\n{block}\n", old.trim_end()),
     };
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))

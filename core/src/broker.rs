@@ -42,6 +42,21 @@ pub struct BrokerConfig {
     pub publish_timeout: Duration,
     /// How long one connection attempt may take.
     pub connect_timeout: Duration,
+    /// What a publish does while the broker blocks the connection (resource alarm).
+    pub when_blocked: WhenBlocked,
+}
+
+/// What a publish does while the broker blocks publishers (a memory or disk alarm):
+/// publishes then neither fail nor confirm, so waiting for the confirm means waiting for
+/// the alarm to clear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenBlocked {
+    /// Fail at once with [`PublishError::Blocked`] (the ingress: answer 503 now rather
+    /// than hold the client for the confirm timeout).
+    FailFast,
+    /// Wait for the alarm to clear, up to the publish timeout (the consumers: a short
+    /// alarm should not return their jobs to the queue).
+    Wait,
 }
 
 impl BrokerConfig {
@@ -53,6 +68,7 @@ impl BrokerConfig {
             channels: 8,
             publish_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            when_blocked: WhenBlocked::Wait,
         }
     }
 }
@@ -63,6 +79,8 @@ impl BrokerConfig {
 pub enum PublishError {
     #[error("broker unavailable")]
     Unavailable,
+    #[error("the broker blocks publishers: {0}")]
+    Blocked(String),
     #[error("message returned as unroutable: {0}")]
     Returned(String),
     #[error("broker refused the message (queue full or internal error)")]
@@ -78,8 +96,12 @@ pub enum PublishError {
 /// A live connection with its channel pool. Cloned as `Arc`; dropped with the connection.
 pub struct Live {
     pub connection: Arc<Connection>,
+    /// The node this connection is to.
+    pub node: AmqpUrl,
     pool: ChannelPool,
     closed: CancellationToken,
+    /// Why the broker blocks this connection's publishes, while it does.
+    blocked: watch::Receiver<Option<String>>,
 }
 
 impl Live {
@@ -96,6 +118,31 @@ impl Live {
 
     pub fn is_open(&self) -> bool {
         !self.closed.is_cancelled() && self.connection.status().connected()
+    }
+
+    /// Why the broker blocks publishing on this connection, while it does.
+    pub fn blocked(&self) -> Option<String> {
+        self.blocked.borrow().clone()
+    }
+
+    /// Resolves when the connection is not blocked (at once when it is not).
+    async fn unblocked(&self) {
+        let mut rx = self.blocked.clone();
+        // An error means the watcher is gone with the connection: nothing will block it.
+        let _ = rx.wait_for(Option::is_none).await;
+    }
+
+    /// Resolves when the broker blocks the connection.
+    async fn blocked_now(&self) -> String {
+        let mut rx = self.blocked.clone();
+        let reason = match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -172,6 +219,11 @@ impl Broker {
         self.live().is_some()
     }
 
+    /// Why the broker blocks publishers on the current connection, while it does.
+    pub fn blocked(&self) -> Option<String> {
+        self.live().and_then(|l| l.blocked())
+    }
+
     /// Publishes one message with `mandatory` and waits for its own confirm.
     pub async fn publish(
         &self,
@@ -182,6 +234,15 @@ impl Broker {
     ) -> Result<(), PublishError> {
         let live = self.live().ok_or(PublishError::Unavailable)?;
         let timeout = self.config.publish_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        if let Some(reason) = live.blocked() {
+            match self.config.when_blocked {
+                WhenBlocked::FailFast => return Err(PublishError::Blocked(reason)),
+                WhenBlocked::Wait => tokio::time::timeout_at(deadline, live.unblocked())
+                    .await
+                    .map_err(|_| PublishError::Blocked(reason))?,
+            }
+        }
         let confirm = {
             let channel = tokio::time::timeout(timeout, live.pool.get())
                 .await
@@ -205,8 +266,19 @@ impl Broker {
                 .await?
             // The channel goes back to the pool here, before the confirm arrives.
         };
-        match tokio::time::timeout(timeout, confirm).await {
-            Err(_) => Err(PublishError::Timeout(timeout)),
+        let confirmed = async {
+            match self.config.when_blocked {
+                WhenBlocked::Wait => tokio::time::timeout_at(deadline, confirm).await.ok(),
+                // A block that comes while the confirm is awaited ends the wait too.
+                WhenBlocked::FailFast => tokio::select! {
+                    c = tokio::time::timeout_at(deadline, confirm) => c.ok(),
+                    reason = live.blocked_now() => return Err(PublishError::Blocked(reason)),
+                },
+            }
+            .ok_or(PublishError::Timeout(timeout))
+        };
+        match confirmed.await {
+            Err(e) => Err(e),
             Ok(Err(e)) => Err(PublishError::Channel(e)),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(ret)))) => {
@@ -225,10 +297,13 @@ async fn supervise(
     tx: watch::Sender<Option<Arc<Live>>>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // After every node of the list failed once, wait; never longer than a second, since a
+    // node that is coming back (or the home node of a queue) usually is within seconds.
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     let urls = &config.urls.0;
     // Start on a random node of the list, so that the processes spread over the cluster.
     let mut next = rand::rng().random_range(0..urls.len().max(1));
+    let mut failed_in_round = 0usize;
     loop {
         let Some(url) = urls.get(next % urls.len().max(1)) else {
             tracing::error!("no AMQP URL to connect to");
@@ -243,6 +318,7 @@ async fn supervise(
             Ok(Ok(live)) => {
                 tracing::info!(name = %config.connection_name, node = %url, "connected to the broker");
                 backoff.reset();
+                failed_in_round = 0;
                 tx.send_replace(Some(live.clone()));
                 tokio::select! {
                     _ = shutdown.cancelled() => {
@@ -251,17 +327,26 @@ async fn supervise(
                         break;
                     }
                     _ = live.closed() => {
-                        tracing::warn!(name = %config.connection_name, "lost the broker connection; reconnecting");
+                        tracing::warn!(name = %config.connection_name, node = %url, "lost the broker connection; reconnecting to the next node");
                         tx.send_replace(None);
                     }
                 }
+                // The next node at once: a cluster has others, and a single node that
+                // closed the connection may well take it again.
+                continue;
             }
             Ok(Err(e)) => {
                 tracing::warn!(node = %url, error = %format!("{e:#}"), "broker connection failed")
             }
             Err(_) => tracing::warn!(node = %url, "broker connection attempt timed out"),
         }
-        let delay = backoff.next_delay();
+        failed_in_round += 1;
+        let delay = if failed_in_round < urls.len() {
+            Duration::from_millis(20)
+        } else {
+            failed_in_round = 0;
+            backoff.next_delay()
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
@@ -283,12 +368,22 @@ async fn connect(config: &BrokerConfig, url: &AmqpUrl) -> anyhow::Result<Arc<Liv
     let mut events = connection.events_listener();
     let status = connection.status().clone();
     let watcher = closed.clone();
+    let (blocked_tx, blocked) = watch::channel(None);
+    let node = url.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 ev = events.next() => match ev {
                     Some(Event::Error(e)) => { tracing::debug!(error = %e, "connection error event"); break }
+                    Some(Event::ConnectionBlocked(reason)) => {
+                        tracing::warn!(%node, %reason, "the broker blocks publishers (resource alarm)");
+                        blocked_tx.send_replace(Some(reason));
+                    }
+                    Some(Event::ConnectionUnblocked) => {
+                        tracing::info!(%node, "the broker unblocked publishers");
+                        blocked_tx.send_replace(None);
+                    }
                     Some(_) => {}
                     None => break,
                 },
@@ -324,7 +419,9 @@ async fn connect(config: &BrokerConfig, url: &AmqpUrl) -> anyhow::Result<Arc<Liv
     .context("building the channel pool")?;
     Ok(Arc::new(Live {
         connection,
+        node: url.clone(),
         pool,
         closed,
+        blocked,
     }))
 }

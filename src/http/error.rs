@@ -83,6 +83,9 @@ impl From<&PublishError> for ApiError {
                 "the job queue is full or the broker refused the job; retry later"
             }
             PublishError::Returned(_) => "the job could not be routed to a queue; retry later",
+            PublishError::Blocked(_) => {
+                "the broker is short of memory or disk and takes no jobs now; retry later"
+            }
             _ => "the broker is unavailable; retry later",
         };
         ApiError::Unavailable {

@@ -35,14 +35,28 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn ready(
-    axum::extract::State(app): axum::extract::State<AppState>,
-) -> (StatusCode, &'static str) {
-    if !app.broker.is_ready() {
-        (StatusCode::SERVICE_UNAVAILABLE, "broker unavailable")
+/// 200 only with a live connection that the broker does not block, the topology
+/// declared and the index caught up. QUEUED events waiting in the outbox are shown.
+async fn ready(axum::extract::State(app): axum::extract::State<AppState>) -> (StatusCode, String) {
+    let (code, mut text) = if !app.broker.is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker unavailable".to_owned(),
+        )
+    } else if let Some(reason) = app.broker.blocked() {
+        let text = format!("the broker blocks publishers (resource alarm): {reason}");
+        (StatusCode::SERVICE_UNAVAILABLE, text)
     } else if !app.index.caught_up() {
-        (StatusCode::SERVICE_UNAVAILABLE, "job index catching up")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "job index catching up".to_owned(),
+        )
     } else {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, "ready".to_owned())
+    };
+    let pending = app.outbox.pending();
+    if pending > 0 {
+        text.push_str(&format!("; {pending} QUEUED events waiting for the broker"));
     }
+    (code, text)
 }

@@ -11,6 +11,7 @@ use imagejobs_core::topology::SUBMIT_KEY;
 use crate::auth::Verifier;
 use crate::idempotency::IdempotencyCache;
 use crate::index::JobIndex;
+use crate::outbox::Outbox;
 use crate::ratelimit::TenantLimiter;
 
 /// What every handler shares; a cheap clone of one `Arc`.
@@ -26,6 +27,7 @@ pub struct Shared {
     pub limiter: Option<TenantLimiter>,
     pub idempotency: IdempotencyCache,
     pub index: JobIndex,
+    pub outbox: Outbox,
 }
 
 impl std::ops::Deref for AppState {
@@ -41,8 +43,8 @@ impl AppState {
     }
 
     /// Publishes a job, then its QUEUED event. `Ok` means the broker confirmed the job into
-    /// the durable work queue; the event is best effort (the job is safe without it and
-    /// this replica's index has it either way).
+    /// the durable work queue and the QUEUED event is confirmed into the stream or kept in
+    /// the outbox until it is (so that every replica learns of the job).
     pub async fn enqueue(&self, meta: &JobMeta, body: &[u8]) -> Result<(), PublishError> {
         let topo = self.broker.topology();
         self.broker
@@ -58,10 +60,19 @@ impl AppState {
             )?;
         let event = StatusEvent::new(meta, Status::Queued);
         self.index.apply(&event);
-        // The 202 waits for this confirm too (a replica restarted right after the 202 must
-        // find the job in the stream), but a failure only costs the event, not the job.
+        // The 202 waits for this confirm too: a replica restarted right after the 202 must
+        // find the job in the stream.
         if let Err(e) = self.events.publish(&event).await {
-            tracing::warn!(job_id = %meta.id, error = %e, "QUEUED event not published");
+            let job_id = event.job_id;
+            match self.outbox.push(event) {
+                Ok(()) => {
+                    tracing::warn!(%job_id, error = %e, "QUEUED event not confirmed; kept until the broker takes it")
+                }
+                Err(full) => {
+                    tracing::error!(%job_id, error = %e, %full, "QUEUED event not confirmed and the outbox is full");
+                    return Err(e);
+                }
+            }
         }
         tracing::debug!(job_id = %meta.id, tenant_id = meta.tenant_id.0, size = body.len(), "job queued");
         Ok(())

@@ -43,6 +43,9 @@ struct Knobs {
     skip_image_work: AtomicBool,
     /// 0 means "not forced".
     forced_status: AtomicU16,
+    /// Jobs still to be hung (kept RUNNING for `hang_ms` instead of `running_ms`).
+    hang_left: AtomicU64,
+    hang_ms: AtomicU64,
     seed: u64,
     /// Sequence number of API requests, the key of the 503 decision.
     request_seq: AtomicU64,
@@ -59,6 +62,8 @@ impl Faults {
                 running_ms: AtomicU64::new(config.running_ms),
                 skip_image_work: AtomicBool::new(config.skip_image_work),
                 forced_status: AtomicU16::new(0),
+                hang_left: AtomicU64::new(0),
+                hang_ms: AtomicU64::new(0),
                 seed: config.seed.unwrap_or_else(rand::random),
                 request_seq: AtomicU64::new(0),
             }),
@@ -146,6 +151,32 @@ impl Faults {
             .store(status.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// Keeps the next `jobs` new worker jobs RUNNING for `hang` (a worker that hangs, to
+    /// make callers time out); repeated submissions of the same job stay deduplicated.
+    pub fn hang_next(&self, jobs: u64, hang: Duration) {
+        let ms = u64::try_from(hang.as_millis()).unwrap_or(u64::MAX);
+        self.inner.hang_ms.store(ms, Ordering::Relaxed);
+        self.inner.hang_left.store(jobs, Ordering::Relaxed);
+    }
+
+    /// Jobs still to be hung.
+    pub fn hangs_left(&self) -> u64 {
+        self.inner.hang_left.load(Ordering::Relaxed)
+    }
+
+    /// How long the job being started stays RUNNING: the hang if one is left, else the
+    /// configured running time.
+    pub(crate) fn take_running(&self) -> Duration {
+        let took = self
+            .inner
+            .hang_left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        match took {
+            Ok(_) => Duration::from_millis(self.inner.hang_ms.load(Ordering::Relaxed)),
+            Err(_) => self.running(),
+        }
+    }
+
     /// Decides whether the next API request is answered 503. Each call takes the next request
     /// sequence number, so a seeded run that sends requests in the same order gets the same
     /// answers.
@@ -157,7 +188,7 @@ impl Faults {
 
     /// Decides whether the job with this id ends FAILED; the same id always gets the same
     /// answer under the same seed and rate.
-    pub(crate) fn fail_job(&self, job_id: &str) -> bool {
+    pub fn fail_job(&self, job_id: &str) -> bool {
         let rate = self.job_fail_rate();
         rate > 0.0 && dice(self.inner.seed, b"job-fail", job_id.as_bytes()) < rate
     }
@@ -271,6 +302,18 @@ mod tests {
         assert!(f.fail_job("any"));
         f.set_job_fail_rate(0.0);
         assert!(!f.fail_job("any"));
+    }
+
+    #[test]
+    fn only_the_next_jobs_hang() {
+        let f = faults(1);
+        f.set_running(Duration::from_millis(5));
+        f.hang_next(2, Duration::from_secs(9));
+        assert_eq!(f.take_running(), Duration::from_secs(9));
+        assert_eq!(f.hangs_left(), 1);
+        assert_eq!(f.take_running(), Duration::from_secs(9));
+        assert_eq!(f.take_running(), Duration::from_millis(5));
+        assert_eq!(f.hangs_left(), 0);
     }
 
     #[test]

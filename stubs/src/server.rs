@@ -226,6 +226,9 @@ struct FaultsBody {
     skip_image_work: Option<bool>,
     /// 0 clears a forced status.
     force_job_status: Option<u16>,
+    /// Keep the next this many new jobs RUNNING for `hang_ms` (a hanging worker).
+    hang_next: Option<u64>,
+    hang_ms: Option<u64>,
 }
 
 fn current_faults(f: &Faults) -> FaultsBody {
@@ -236,6 +239,8 @@ fn current_faults(f: &Faults) -> FaultsBody {
         running_ms: Some(f.running().as_millis() as u64),
         skip_image_work: Some(f.skip_image_work()),
         force_job_status: Some(f.forced_status().unwrap_or(0)),
+        hang_next: Some(f.hangs_left()),
+        hang_ms: None,
     }
 }
 
@@ -270,6 +275,10 @@ async fn set_faults(State(f): State<Faults>, body: Bytes) -> Result<Json<FaultsB
     }
     if let Some(v) = req.force_job_status {
         f.set_forced_status((v != 0).then_some(v));
+    }
+    if let Some(n) = req.hang_next {
+        let ms = req.hang_ms.unwrap_or(60_000);
+        f.hang_next(n, std::time::Duration::from_millis(ms));
     }
     tracing::info!(faults = ?current_faults(&f), "fault knobs changed");
     Ok(Json(current_faults(&f)))

@@ -266,7 +266,7 @@ async fn post_job(
     let plan = JobPlan {
         fail: service.faults.fail_job(&request.id),
         skip_image_work: service.faults.skip_image_work(),
-        running: service.faults.running(),
+        running: service.faults.take_running(),
         job_id: request.id,
         worker_id,
         payload_location,

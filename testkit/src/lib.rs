@@ -9,7 +9,8 @@
 //! - [`process`]: the built binaries as child processes (to kill them for real, to measure
 //!   them).
 //! - [`events`]: a reader of the events stream over `imagejobs_core::events`.
-//! - [`proxy`]: a TCP proxy that cuts a broker node off and lets it back.
+//! - [`proxy`]: a TCP proxy that cuts a broker node off and lets it back; [`nodes`]: the
+//!   broker's nodes through `rabbitmq/node.sh`.
 //! - [`poll`]: `eventually`, polling with a deadline.
 //!
 //! ```no_run
@@ -26,6 +27,7 @@
 
 pub mod deployment;
 pub mod events;
+pub mod nodes;
 pub mod pipeline;
 pub mod poll;
 pub mod process;
