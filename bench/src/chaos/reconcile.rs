@@ -390,7 +390,7 @@ pub async fn run(i: Inputs<'_>) -> anyhow::Result<Outcome> {
         "\n{} jobs accepted ({http} by HTTP, {} by direct AMQP publish); {} SUCCESS, {} FAILED by the worker, \
 {} FAILED by the pipeline (all {} in the dead queue with a reason); {} submits given up by clients after 2 minutes of retries. \
 Every 202 was known to both replicas after at most {:.2} s (p99 {:.2} s) with time a replica spent restarting left out. \
-The work queue has {members} replicas.\n",
+The work queue has {members} member(s) (replicas).\n",
         jobs.len(),
         jobs.len() - http,
         ended("SUCCESS"),
