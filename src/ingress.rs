@@ -182,7 +182,7 @@ impl Ingress {
         // still get their confirms. It closes when `run_until_stopped` returns.
         let broker_stop = CancellationToken::new();
         let broker = Broker::start(broker_config, broker_stop.clone());
-        let events = EventSink::new(broker.clone());
+        let events = EventSink::with_limits(broker.clone(), config.broker.group_limits());
         let index = JobIndex::new();
         tokio::spawn(index::follow::follow(
             Feed::new(broker.clone(), Start::First),

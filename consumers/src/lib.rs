@@ -78,7 +78,7 @@ impl Consumer {
         let broker_stop = CancellationToken::new();
         let broker = Broker::start(broker_config, broker_stop.clone());
         let handler = Arc::new(Handler {
-            events: EventSink::new(broker.clone()),
+            events: EventSink::with_limits(broker.clone(), config.broker.group_limits()),
             broker,
             pipeline: Pipeline {
                 services,

@@ -74,8 +74,9 @@ impl BrokerConfig {
 }
 
 /// Why a publish did not get a positive confirm. Each case means the broker does *not*
-/// hold the message, so the caller may report failure (HTTP 503) or try again.
-#[derive(Debug, thiserror::Error)]
+/// hold the message, so the caller may report failure (HTTP 503) or try again. Cloned to
+/// every waiter of a group of events.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("broker unavailable")]
     Unavailable,
@@ -90,7 +91,7 @@ pub enum PublishError {
     #[error("broker channel error: {0}")]
     Channel(#[from] lapin::Error),
     #[error("could not encode the message: {0}")]
-    Encode(#[from] serde_json::Error),
+    Encode(String),
 }
 
 /// A live connection with its channel pool. Cloned as `Arc`; dropped with the connection.

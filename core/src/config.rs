@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::events::GroupLimits;
+
 /// The default `AMQP_URL`.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -20,6 +22,14 @@ pub struct BrokerArgs {
 
     #[command(flatten)]
     pub topology: TopologyArgs,
+
+    /// Most status events in one group-committed publish (they share one confirm).
+    #[arg(long, env = "EVENTS_GROUP_MAX", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub events_group_max: u32,
+
+    /// Most bytes of status events in one group-committed publish.
+    #[arg(long, env = "EVENTS_GROUP_MAX_BYTES", default_value = "1MiB")]
+    pub events_group_max_bytes: ByteSize,
 }
 
 impl Default for BrokerArgs {
@@ -27,6 +37,8 @@ impl Default for BrokerArgs {
         BrokerArgs {
             amqp_url: DEFAULT_AMQP_URL.parse().unwrap_or_default(),
             topology: TopologyArgs::default(),
+            events_group_max: 256,
+            events_group_max_bytes: ByteSize::mib(1),
         }
     }
 }
@@ -36,7 +48,21 @@ impl BrokerArgs {
     pub fn to_args(&self) -> Vec<String> {
         let mut out = vec!["--amqp-url".to_owned(), self.amqp_url.to_string_exposed()];
         out.extend(self.topology.to_args());
+        out.extend([
+            "--events-group-max".into(),
+            self.events_group_max.to_string(),
+            "--events-group-max-bytes".into(),
+            self.events_group_max_bytes.to_string(),
+        ]);
         out
+    }
+
+    /// How large a group of status events may grow.
+    pub fn group_limits(&self) -> GroupLimits {
+        GroupLimits {
+            max_events: self.events_group_max as usize,
+            max_bytes: self.events_group_max_bytes.as_usize(),
+        }
     }
 }
 

@@ -86,6 +86,7 @@ impl Deployment {
         BrokerArgs {
             amqp_url: self.urls.clone(),
             topology: self.topology_args.clone(),
+            ..BrokerArgs::default()
         }
     }
 

@@ -1,14 +1,8 @@
-//! The events stream (DESIGN §4): the one place that publishes status events and the one
-//! place that reads them back.
-//!
-//! - [`EventSink`] publishes a status event to the events exchange and waits for its
-//!   confirm; every process reports every status change through it.
-//! - [`Feed`] follows the `{p}.events` stream from an offset, over the supervised
-//!   connection of a [`Broker`]: it subscribes, yields each message with its offset,
-//!   acknowledges in batches (a stream consumer needs acks to get more credit), and after
-//!   a lost connection or subscription it subscribes again from the offset after the
-//!   last message it yielded, so a reader misses nothing and reads little twice.
-//! - [`decode`] reads a message body: one event object, or a JSON array of them.
+//! [`Feed`]: a follower of the `{p}.events` stream over the supervised connection of a
+//! [`Broker`]. It subscribes, yields each message with its offset, acknowledges in
+//! batches (a stream consumer needs acks to get more credit), and after a lost connection
+//! or subscription it subscribes again from the offset after the last message it yielded,
+//! so a reader misses nothing and reads little twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,49 +10,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Consumer};
-use serde::Deserialize;
+use lapin::{Channel, Consumer};
 
 use crate::backoff::Backoff;
-use crate::broker::{Broker, Live, PublishError};
+use crate::broker::{Broker, Live};
 use crate::message::stream_offset;
-use crate::status::StatusEvent;
-
-/// Publishes status events with confirms. A cheap clone.
-#[derive(Clone)]
-pub struct EventSink {
-    broker: Broker,
-    exchange: Arc<str>,
-}
-
-impl EventSink {
-    pub fn new(broker: Broker) -> Self {
-        let exchange = broker.topology().events_exchange().into();
-        EventSink { broker, exchange }
-    }
-
-    /// Publishes `event` (JSON, persistent) and waits for the broker's confirm. `Ok` means
-    /// the stream holds it.
-    pub async fn publish(&self, event: &StatusEvent) -> Result<(), PublishError> {
-        let json = serde_json::to_vec(event)?;
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        self.broker.publish(&self.exchange, "", &json, props).await
-    }
-}
-
-/// Reads the events of one stream message: a single event object or an array of them.
-/// Whitespace before the first byte is allowed; anything else is an error for the caller
-/// to log and skip.
-pub fn decode<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Result<Vec<T>, serde_json::Error> {
-    let first = data.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'[') {
-        serde_json::from_slice(data)
-    } else {
-        serde_json::from_slice(data).map(|one| vec![one])
-    }
-}
 
 /// Where a [`Feed`] starts reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,31 +186,5 @@ impl Feed {
         if let Some(sub) = self.subscription.take() {
             let _ = sub.channel.close(200, "done".into()).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Deserialize, Debug, PartialEq)]
-    struct E<'a> {
-        status: &'a str,
-    }
-
-    #[test]
-    fn one_event_or_an_array() {
-        assert_eq!(
-            decode::<E>(br#"{"status":"QUEUED"}"#).unwrap(),
-            vec![E { status: "QUEUED" }]
-        );
-        assert_eq!(
-            decode::<E>(b" \n[{\"status\":\"RUNNING\"},{\"status\":\"SUCCESS\"}]").unwrap(),
-            vec![E { status: "RUNNING" }, E { status: "SUCCESS" }]
-        );
-        assert_eq!(decode::<E>(b"[]").unwrap(), vec![]);
-        assert!(decode::<E>(b"42").is_err());
-        assert!(decode::<E>(b"").is_err());
-        assert!(decode::<E>(b"[{\"status\":1}]").is_err());
     }
 }

@@ -1,0 +1,55 @@
+//! The events stream (DESIGN §4): the one place that publishes status events and the one
+//! place that reads them back.
+//!
+//! - [`EventSink`] publishes status events with group commit: events of concurrent jobs
+//!   share one confirmed publish (a JSON array), and each caller is released by the
+//!   confirm of the group its event went out in (see [`sink`]).
+//! - [`Feed`] follows the stream from an offset and resumes after reconnects (see [`feed`]).
+//! - [`decode`] reads a message body: one event object, or a JSON array of them.
+
+pub mod feed;
+pub mod sink;
+
+pub use feed::{Feed, FeedConfig, FeedItem, Start};
+pub use sink::{EventSink, GroupLimits};
+
+use serde::Deserialize;
+
+/// Reads the events of one stream message: a single event object or an array of them.
+/// Whitespace before the first byte is allowed; anything else is an error for the caller
+/// to log and skip.
+pub fn decode<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Result<Vec<T>, serde_json::Error> {
+    let first = data.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        serde_json::from_slice(data)
+    } else {
+        serde_json::from_slice(data).map(|one| vec![one])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct E<'a> {
+        status: &'a str,
+    }
+
+    #[test]
+    fn one_event_or_an_array() {
+        assert_eq!(
+            decode::<E>(br#"{"status":"QUEUED"}"#).unwrap(),
+            vec![E { status: "QUEUED" }]
+        );
+        assert_eq!(
+            decode::<E>(b" \n[{\"status\":\"RUNNING\"},{\"status\":\"SUCCESS\"}]").unwrap(),
+            vec![E { status: "RUNNING" }, E { status: "SUCCESS" }]
+        );
+        assert_eq!(decode::<E>(b"[]").unwrap(), vec![]);
+        assert!(decode::<E>(b"42").is_err());
+        assert!(decode::<E>(b"").is_err());
+        assert!(decode::<E>(b"[{\"status\":1}]").is_err());
+    }
+}
