@@ -34,6 +34,10 @@ use crate::report::{ratio, thousands, Report, Row};
 pub struct Ceiling {
     pub publish: HashMap<usize, f64>,
     pub consume: HashMap<usize, f64>,
+    /// The raw pipeline: consume, PUT the body to an HTTP sink, ack.
+    pub pipeline: HashMap<usize, f64>,
+    /// Broker CPU per message of the consume ceiling, in µs.
+    pub consume_broker_us: HashMap<usize, f64>,
 }
 
 impl Ceiling {
@@ -42,6 +46,9 @@ impl Ceiling {
     }
     pub fn consume_at(&self, size: Size) -> Option<f64> {
         self.consume.get(&size.bytes).copied()
+    }
+    pub fn pipeline_at(&self, size: Size) -> Option<f64> {
+        self.pipeline.get(&size.bytes).copied()
     }
 }
 
@@ -141,6 +148,9 @@ async fn measure(h: &Harness, d: &Deployment, report: &mut Report) -> anyhow::Re
             );
         }
         ceiling.consume.insert(size.bytes, best);
+        if let Some(us) = consume_cpu.micros_of("broker", count * reps) {
+            ceiling.consume_broker_us.insert(size.bytes, us);
+        }
         report.row(
             Row::new("1 ceiling", "consume ceiling (better prefetch)")
                 .size(size.label)
@@ -148,8 +158,85 @@ async fn measure(h: &Harness, d: &Deployment, report: &mut Report) -> anyhow::Re
                 .ratio("1.00 (consume ceiling)")
                 .cpu(consume_cpu.per_job(count * reps)),
         );
+        if size != plan.sizes[0] {
+            let best = raw_pipeline(h, d, &image, count, window, report).await?;
+            ceiling.pipeline.insert(size.bytes, best);
+        }
     }
     Ok(ceiling)
+}
+
+/// The raw pipeline ceiling of issue 10: raw lapin consume at each ceiling prefetch, one
+/// `PUT` of the body to a minimal HTTP sink in this process, then the ack; no events, no
+/// worker. Returns the better rate.
+async fn raw_pipeline(
+    h: &Harness,
+    d: &Deployment,
+    image: &Image,
+    count: usize,
+    window: usize,
+    report: &mut Report,
+) -> anyhow::Result<f64> {
+    let plan = &h.plan;
+    let sink = crate::sink::HttpSink::start().await?;
+    let via = Via {
+        http: h.http.clone(),
+        url: sink.url.clone(),
+    };
+    let mut best = 0.0f64;
+    let mut cpu = CpuSpent::default();
+    for &prefetch in &plan.ceiling_prefetch {
+        h.progress(format!(
+            "ceiling: raw pipeline (consume → PUT → ack) of {count} messages of {}, prefetch {prefetch}",
+            image_label(image)
+        ));
+        broker::publish_confirmed(
+            &h.conn,
+            plan.publish_channels,
+            window,
+            count,
+            broker::job_message(d, image),
+        )
+        .await
+        .context("raw publish for the pipeline ceiling")?;
+        let meter = h.cpu_meter(vec![]);
+        let took = consume_through(
+            &h.conn,
+            &d.topology.work_queue(),
+            plan.ceiling_consumers,
+            prefetch,
+            count,
+            Some(via.clone()),
+        )
+        .await
+        .context("raw pipeline")?;
+        cpu.add(&meter.spent());
+        let rate = count.saturating_sub(1).max(1) as f64 / took.as_secs_f64();
+        best = best.max(rate);
+        report.row(
+            Row::new("1 ceiling", "raw pipeline: consume → PUT → ack")
+                .size(image_label(image))
+                .setting(format!(
+                    "{} consumer × prefetch {prefetch}; HTTP sink in the bench",
+                    plan.ceiling_consumers
+                ))
+                .result(format!("{} msg/s", thousands(rate))),
+        );
+    }
+    sink.stop();
+    report.row(
+        Row::new("1 ceiling", "pipeline ceiling (better prefetch)")
+            .size(image_label(image))
+            .result(format!("{} msg/s", thousands(best)))
+            .ratio("1.00 (pipeline ceiling)")
+            .cpu(cpu.per_job(count * plan.ceiling_prefetch.len())),
+    );
+    Ok(best)
+}
+
+/// The label of the plan's size that `image` was made for.
+fn image_label(image: &Image) -> String {
+    crate::image::human_bytes(image.png.len() as u64)
 }
 
 struct Spread {
@@ -203,6 +290,27 @@ pub async fn consume_acked(
     prefetch: u16,
     count: usize,
 ) -> anyhow::Result<Duration> {
+    consume_through(conn, queue, consumers, prefetch, count, None).await
+}
+
+/// Where the raw pipeline ceiling sends each body before its ack.
+#[derive(Clone)]
+pub struct Via {
+    pub http: reqwest::Client,
+    /// Base URL of the blob sink (`…/api/v1`).
+    pub url: String,
+}
+
+/// [`consume_acked`], with each message's body first PUT to `via` (at its message id) and
+/// the answer read: the least a consumer does with a job.
+pub async fn consume_through(
+    conn: &Connection,
+    queue: &str,
+    consumers: usize,
+    prefetch: u16,
+    count: usize,
+    via: Option<Via>,
+) -> anyhow::Result<Duration> {
     let acked = Arc::new(AtomicUsize::new(0));
     let taken = Arc::new(AtomicUsize::new(0));
     let first = Arc::new(Mutex::new(None::<Instant>));
@@ -220,12 +328,13 @@ pub async fn consume_acked(
                 FieldTable::default(),
             )
             .await?;
-        let (acked, taken, first, last, done) = (
+        let (acked, taken, first, last, done, via) = (
             acked.clone(),
             taken.clone(),
             first.clone(),
             last.clone(),
             done.clone(),
+            via.clone(),
         );
         tasks.push(tokio::spawn(async move {
             loop {
@@ -246,9 +355,34 @@ pub async fn consume_acked(
                 if taken.fetch_add(1, Ordering::Relaxed) >= count {
                     continue;
                 }
-                let (acked, last, done) = (acked.clone(), last.clone(), done.clone());
+                let (acked, last, done, via) =
+                    (acked.clone(), last.clone(), done.clone(), via.clone());
                 tokio::spawn(async move {
-                    if delivery.acker.ack(BasicAckOptions::default()).await.is_ok()
+                    let lapin::message::Delivery {
+                        properties,
+                        data,
+                        acker,
+                        ..
+                    } = delivery;
+                    if let Some(via) = via {
+                        let id = properties.message_id().as_ref().map_or("-", |m| m.as_str());
+                        let put = via
+                            .http
+                            .put(format!("{}/blob/{id}", via.url))
+                            .header("content-type", "image/png")
+                            .body(data)
+                            .send()
+                            .await;
+                        let answered = match put {
+                            Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                            _ => false,
+                        };
+                        if !answered {
+                            // The message stays unacked: the run times out and says so.
+                            return;
+                        }
+                    }
+                    if acker.ack(BasicAckOptions::default()).await.is_ok()
                         && acked.fetch_add(1, Ordering::Relaxed) + 1 == count
                     {
                         *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());

@@ -64,7 +64,7 @@ pub struct BenchConfig {
     #[arg(long, hide = true)]
     pub ingress_concurrency: Option<usize>,
     /// Replaces the consumer grid with these runs, each
-    /// `PROCESSES:PREFETCH:LATENCY_MS[:work]` (e.g. `1:128:0`), for profiling one of them.
+    /// `PROCESSES:PREFETCH:LATENCY_MS[:work][:3mib]` (e.g. `1:128:0`), for profiling one.
     #[arg(long, hide = true, value_parser = parse_consumer_run)]
     pub consumer_run: Vec<ConsumerRun>,
 
@@ -119,14 +119,20 @@ impl BenchConfig {
 
 fn parse_consumer_run(s: &str) -> Result<ConsumerRun, String> {
     let parts: Vec<&str> = s.split(':').collect();
-    let bad = || format!("{s:?} is not PROCESSES:PREFETCH:LATENCY_MS[:work]");
-    if !(3..=4).contains(&parts.len()) {
+    let bad = || format!("{s:?} is not PROCESSES:PREFETCH:LATENCY_MS[:work][:3mib]");
+    if !(3..=5).contains(&parts.len()) {
         return Err(bad());
     }
+    let size = if parts[3..].contains(&"3mib") {
+        crate::image::Size::new("3 MiB", 3 * 1024 * 1024)
+    } else {
+        crate::image::Size::new("145 KiB", 145 * 1024)
+    };
     Ok(ConsumerRun {
+        size,
         processes: parts[0].parse().map_err(|_| bad())?,
         prefetch: parts[1].parse().map_err(|_| bad())?,
         stub_latency: std::time::Duration::from_millis(parts[2].parse().map_err(|_| bad())?),
-        image_work: parts.get(3) == Some(&"work"),
+        image_work: parts[3..].contains(&"work"),
     })
 }

@@ -69,6 +69,12 @@ impl CpuSpent {
         }
     }
 
+    /// CPU µs per job of the group `label`, when it was measured.
+    pub fn micros_of(&self, label: &str, jobs: usize) -> Option<f64> {
+        let (_, secs) = self.0.iter().find(|(l, _)| *l == label)?;
+        Some(secs * 1e6 / jobs.max(1) as f64)
+    }
+
     pub fn per_job(&self, jobs: usize) -> String {
         let jobs = jobs.max(1) as f64;
         self.0

@@ -24,7 +24,7 @@ use imagejobs_core::events::Start;
 use imagejobs_testkit::EventReader;
 
 /// What the end-to-end target allows on top of the stubs' latency.
-const TARGET_P99: Duration = Duration::from_millis(50);
+const TARGET_P99: Duration = Duration::from_millis(15);
 
 pub async fn run(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
     let d = h.deployment("e2e");
@@ -162,7 +162,7 @@ async fn measure(
         );
         if rate == 100 || h.plan.e2e_rates.len() == 1 {
             report.verdict(
-                format!("end to end at {rate}/s: p99 submit→SUCCESS ≤ 50 ms + stub latency (0 ms)"),
+                format!("end to end at {rate}/s: p99 submit→SUCCESS ≤ 15 ms (stubs 0 ms)"),
                 e2e.map(|s| format!("p99 {}", ms(s.p99)))
                     .unwrap_or_default(),
                 e2e.map(|s| s.p99 <= TARGET_P99),

@@ -28,6 +28,7 @@ mod machine;
 mod memory;
 mod plan;
 mod report;
+mod sink;
 mod submit;
 
 use std::process::ExitCode;

@@ -11,6 +11,8 @@ use crate::image::Size;
 /// One consumer configuration of the grid.
 #[derive(Clone, Copy, Debug)]
 pub struct ConsumerRun {
+    /// The image size of its jobs.
+    pub size: Size,
     pub processes: usize,
     pub prefetch: u16,
     /// Latency the stubs add to each request (a job makes two: blob PUT, worker POST).
@@ -48,18 +50,29 @@ pub struct Plan {
     pub e2e_secs: f64,
     pub e2e_consumers: usize,
     pub e2e_prefetch: u16,
-    /// Jobs in the index of the memory scenario.
-    pub index_jobs: usize,
-    /// Image and prefetch of the consumer memory scenario.
+    /// Jobs in the index of the memory scenario (one run each).
+    pub index_jobs: Vec<usize>,
+    /// Image and prefetch values of the consumer memory scenario.
     pub memory_image: Size,
-    pub memory_prefetch: u16,
+    pub memory_prefetch: Vec<u16>,
 }
+
+/// The consumer curve of issue 10: processes by prefetch, at the reference size.
+pub const CURVE_PROCESSES: [usize; 3] = [1, 2, 4];
+pub const CURVE_PREFETCH: [u16; 3] = [8, 32, 128];
 
 const MS_0: Duration = Duration::ZERO;
 const MS_20: Duration = Duration::from_millis(20);
 
-fn run(processes: usize, prefetch: u16, stub_latency: Duration, image_work: bool) -> ConsumerRun {
+fn run(
+    size: Size,
+    processes: usize,
+    prefetch: u16,
+    stub_latency: Duration,
+    image_work: bool,
+) -> ConsumerRun {
     ConsumerRun {
+        size,
         processes,
         prefetch,
         stub_latency,
@@ -69,21 +82,27 @@ fn run(processes: usize, prefetch: u16, stub_latency: Duration, image_work: bool
 
 impl Plan {
     pub fn full() -> Plan {
+        let sizes = [
+            Size::new("1 KiB", 1024),
+            Size::new("145 KiB", 145 * 1024),
+            Size::new("3 MiB", 3 * 1024 * 1024),
+        ];
+        let (reference, large) = (sizes[1], sizes[2]);
+        // The curve: 1, 2 and 4 processes at prefetch 8, 32 and 128.
         let mut consumer_runs = Vec::new();
-        for latency in [MS_0, MS_20] {
-            for processes in [1, 2] {
-                for prefetch in [8, 32, 128] {
-                    consumer_runs.push(run(processes, prefetch, latency, false));
-                }
+        for processes in CURVE_PROCESSES {
+            for prefetch in CURVE_PREFETCH {
+                consumer_runs.push(run(reference, processes, prefetch, MS_0, false));
             }
         }
-        consumer_runs.push(run(2, 32, MS_0, true));
+        consumer_runs.extend([
+            run(reference, 2, 32, MS_20, false),
+            run(reference, 2, 32, MS_0, true),
+            run(large, 1, 8, MS_0, false),
+            run(large, 1, 32, MS_0, false),
+        ]);
         Plan {
-            sizes: [
-                Size::new("1 KiB", 1024),
-                Size::new("145 KiB", 145 * 1024),
-                Size::new("2 MiB", 2 * 1024 * 1024),
-            ],
+            sizes,
             run_secs: 3.0,
             min_count: 100,
             max_count: 20_000,
@@ -98,19 +117,20 @@ impl Plan {
             e2e_secs: 5.0,
             e2e_consumers: 2,
             e2e_prefetch: 32,
-            index_jobs: 1_000_000,
-            memory_image: Size::new("2 MiB", 2 * 1024 * 1024),
-            memory_prefetch: 32,
+            index_jobs: vec![100_000, 1_000_000, 5_000_000],
+            memory_image: large,
+            memory_prefetch: vec![8, 32],
         }
     }
 
     pub fn smoke() -> Plan {
+        let sizes = [
+            Size::new("1 KiB", 1024),
+            Size::new("8 KiB", 8 * 1024),
+            Size::new("32 KiB", 32 * 1024),
+        ];
         Plan {
-            sizes: [
-                Size::new("1 KiB", 1024),
-                Size::new("8 KiB", 8 * 1024),
-                Size::new("32 KiB", 32 * 1024),
-            ],
+            sizes,
             run_secs: 0.2,
             min_count: 10,
             max_count: 40,
@@ -121,17 +141,19 @@ impl Plan {
             ceiling_repeats: 1,
             ingress_concurrency: 4,
             consumer_runs: vec![
-                run(1, 8, MS_0, false),
-                run(2, 4, MS_20, false),
-                run(1, 4, MS_0, true),
+                run(sizes[1], 1, 8, MS_0, false),
+                run(sizes[1], 2, 8, MS_0, false),
+                run(sizes[1], 2, 4, MS_20, false),
+                run(sizes[1], 1, 4, MS_0, true),
+                run(sizes[2], 1, 4, MS_0, false),
             ],
             e2e_rates: vec![20],
             e2e_secs: 1.0,
             e2e_consumers: 1,
             e2e_prefetch: 8,
-            index_jobs: 2_000,
-            memory_image: Size::new("32 KiB", 32 * 1024),
-            memory_prefetch: 4,
+            index_jobs: vec![1_000, 2_000],
+            memory_image: sizes[2],
+            memory_prefetch: vec![4],
         }
     }
 

@@ -77,6 +77,12 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub verdicts: Vec<Verdict>,
     pub failures: Vec<String>,
+    /// Blocks of Markdown under the table.
+    pub sections: Vec<String>,
+    /// Consumer jobs/s by (processes, prefetch), for the plot.
+    pub curve: std::collections::HashMap<(usize, u16), f64>,
+    /// Index memory (bytes per job) and ready time (s) by jobs indexed, for the plot.
+    pub index_curve: Vec<(usize, f64, f64)>,
 }
 
 impl Report {
@@ -99,6 +105,11 @@ impl Report {
             measured: measured.into(),
             met,
         });
+    }
+
+    /// A block of Markdown printed under the table (a curve, say).
+    pub fn section(&mut self, markdown: String) {
+        self.sections.push(markdown);
     }
 
     pub fn fail(&mut self, what: &str, error: &anyhow::Error) {
@@ -155,6 +166,10 @@ impl Report {
                 })
                 .collect();
             table(&mut out, &["target", "measured", "verdict"], &rows);
+        }
+        for section in &self.sections {
+            out.push('\n');
+            out.push_str(section);
         }
         if !self.failures.is_empty() {
             out.push_str("\nFailed scenarios:\n");

@@ -69,13 +69,21 @@ impl Md5 {
 
     /// Parses 32 hex digits, either case.
     pub fn from_hex(s: &str) -> Option<Self> {
-        let s = s.trim();
-        if s.len() != 32 || !s.is_ascii() {
+        fn nibble(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                b'A'..=b'F' => Some(c - b'A' + 10),
+                _ => None,
+            }
+        }
+        let s = s.trim().as_bytes();
+        if s.len() != 32 {
             return None;
         }
         let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        for (byte, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+            *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
         }
         Some(Md5(out))
     }

@@ -11,6 +11,10 @@ use std::sync::RwLock;
 
 use imagejobs_core::ids::JobId;
 
+/// Patterns kept at most: a blob service has a handful; each is checked for every
+/// location stored, so beyond this many the rest are kept as text.
+const MAX_PATTERNS: usize = 64;
+
 /// How one job's location is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -23,7 +27,7 @@ pub enum Stored {
 /// A location split around the job id.
 type Parts = (Box<str>, Box<str>);
 
-/// The patterns seen so far, both ways; bounded, since the number is a `u16`.
+/// The patterns seen so far, both ways; at most [`MAX_PATTERNS`].
 #[derive(Default)]
 pub struct Patterns {
     by_parts: RwLock<(HashMap<Parts, u16>, Vec<Parts>)>,
@@ -31,21 +35,33 @@ pub struct Patterns {
 
 impl Patterns {
     pub fn store(&self, id: JobId, location: &str) -> Stored {
-        let id_text = id.to_string();
-        let Some(at) = location.find(&id_text) else {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id_text: &str = id.0.hyphenated().encode_lower(&mut buf);
+        // The usual case: a pattern seen before. Checking each (a handful) costs less than
+        // searching the location for the id, and allocates nothing.
+        {
+            let map = self.by_parts.read().unwrap_or_else(|p| p.into_inner());
+            for (n, (prefix, suffix)) in map.1.iter().enumerate() {
+                if location.len() == prefix.len() + id_text.len() + suffix.len()
+                    && location.starts_with(&**prefix)
+                    && location.ends_with(&**suffix)
+                    && &location[prefix.len()..prefix.len() + id_text.len()] == id_text
+                {
+                    return Stored::Pattern(u16::try_from(n + 1).unwrap_or(u16::MAX));
+                }
+            }
+        }
+        let Some(at) = location.find(id_text) else {
             return Stored::Text(location.into());
         };
         let (prefix, suffix) = (&location[..at], &location[at + id_text.len()..]);
-        {
-            let map = self.by_parts.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(&n) = map.0.get(&(Box::from(prefix), Box::from(suffix))) {
-                return Stored::Pattern(n);
-            }
-        }
         let mut map = self.by_parts.write().unwrap_or_else(|p| p.into_inner());
         let key: Parts = (prefix.into(), suffix.into());
         if let Some(&n) = map.0.get(&key) {
             return Stored::Pattern(n);
+        }
+        if map.1.len() >= MAX_PATTERNS {
+            return Stored::Text(location.into());
         }
         let Ok(n) = u16::try_from(map.1.len() + 1) else {
             return Stored::Text(location.into());

@@ -3,11 +3,13 @@
 //! Invariants: applying an event twice, or late, changes nothing it should not; a status
 //! never moves backwards within an attempt (QUEUED < RUNNING < RETRYING < SUCCESS|FAILED,
 //! and the first terminal status of an attempt stays); a higher attempt wins.
-//! Records are kept compact (about 100 bytes plus the strings they must keep) because
-//! an ingress holds every job of the stream's retention window.
+//! Records are kept compact (60 bytes with their key; texts and owners beside them)
+//! because an ingress holds every job of the stream's retention window.
 
 pub mod follow;
 mod location;
+mod owner;
+mod table;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,19 +33,22 @@ const CONTENT_TYPES: [&str; 6] = [
     "image/tiff",
 ];
 
-/// One job, in 72 bytes (88 with its key) plus, rarely, a string.
+/// One job in 44 bytes (60 with its key): every job of the stream's retention window is
+/// held, so each byte here is megabytes per replica. What most jobs do not have lives
+/// beside the records: a text (an error, or a location of no known pattern) in the shard's
+/// `texts`, the (tenant, client) pair as a number of [`owner::Owners`].
 #[derive(Clone, Debug)]
 struct Record {
-    tenant_id: i64,
-    client_id: i64,
-    created_ms: u64,
+    md5: [u8; 16],
+    /// Creation time: seconds since the epoch, and the milliseconds within that second.
+    created_s: u32,
     /// `updated - created`, in ms (saturating at about 49 days).
     updated_delta_ms: u32,
     /// 0 = unknown.
     payload_size: u32,
-    /// The error, or a location of no known pattern (see `flags`).
-    text: Option<Box<str>>,
-    md5: [u8; 16],
+    /// The (tenant, client) pair, a number of `Owners`.
+    owner: u32,
+    created_sub_ms: u16,
     attempt: u16,
     /// 0 = none, else a pattern number of `location::Patterns`.
     location: u16,
@@ -54,16 +59,23 @@ struct Record {
 }
 
 const HAS_MD5: u8 = 1;
+/// The shard's `texts` holds this job's error.
 const TEXT_IS_ERROR: u8 = 2;
+/// The shard's `texts` holds this job's location (of no known pattern).
 const TEXT_IS_LOCATION: u8 = 4;
 
 impl Record {
+    fn created_ms(&self) -> u64 {
+        u64::from(self.created_s) * 1000 + u64::from(self.created_sub_ms)
+    }
+
     fn updated_ms(&self) -> u64 {
-        self.created_ms + u64::from(self.updated_delta_ms)
+        self.created_ms() + u64::from(self.updated_delta_ms)
     }
 
     fn set_times(&mut self, created_ms: u64, updated_ms: u64) {
-        self.created_ms = created_ms;
+        self.created_s = u32::try_from(created_ms / 1000).unwrap_or(u32::MAX);
+        self.created_sub_ms = (created_ms % 1000) as u16;
         self.updated_delta_ms =
             u32::try_from(updated_ms.saturating_sub(created_ms)).unwrap_or(u32::MAX);
     }
@@ -97,9 +109,17 @@ pub struct JobIndex {
     inner: Arc<Inner>,
 }
 
+/// One of the index's shards: the records and the rare texts of its jobs.
+#[derive(Default)]
+struct Shard {
+    records: table::Table<Record>,
+    texts: HashMap<JobId, Box<str>>,
+}
+
 struct Inner {
-    shards: Vec<RwLock<HashMap<JobId, Record>>>,
+    shards: Vec<RwLock<Shard>>,
     locations: location::Patterns,
+    owners: owner::Owners,
     caught_up: AtomicBool,
 }
 
@@ -133,14 +153,15 @@ impl JobIndex {
     pub fn new() -> Self {
         JobIndex {
             inner: Arc::new(Inner {
-                shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+                shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
                 locations: location::Patterns::default(),
+                owners: owner::Owners::default(),
                 caught_up: AtomicBool::new(false),
             }),
         }
     }
 
-    fn shard(&self, id: JobId) -> &RwLock<HashMap<JobId, Record>> {
+    fn shard(&self, id: JobId) -> &RwLock<Shard> {
         let n = (id.0.as_u128() as usize) % SHARDS;
         &self.inner.shards[n]
     }
@@ -156,30 +177,38 @@ impl JobIndex {
             .as_deref()
             .and_then(|c| CONTENT_TYPES.iter().position(|k| *k == c))
             .map_or(0, |i| i as u8 + 1);
-        // Patterns are looked up before the shard is locked: two locks, never nested.
+        // Patterns and owners are looked up before the shard is locked: never nested.
         let location = ev
             .payload_location
             .as_deref()
             .map(|l| self.inner.locations.store(ev.job_id, l));
-        let mut shard = self
+        let owner = self.inner.owners.store(ev.tenant_id, ev.client_id);
+        let mut guard = self
             .shard(ev.job_id)
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        let rec = shard.entry(ev.job_id).or_insert_with(|| Record {
-            tenant_id: ev.tenant_id.0,
-            client_id: ev.client_id.0,
-            created_ms: at,
-            updated_delta_ms: 0,
-            payload_size: 0,
-            text: None,
-            md5: [0; 16],
-            attempt: 0,
-            location: 0,
-            status,
-            content_type: 0,
-            flags: 0,
+        let shard = &mut *guard;
+        let made = shard.records.get_or_insert_with(ev.job_id, || {
+            let mut r = Record {
+                md5: [0; 16],
+                created_s: 0,
+                updated_delta_ms: 0,
+                payload_size: 0,
+                owner,
+                created_sub_ms: 0,
+                attempt: 0,
+                location: 0,
+                status,
+                content_type: 0,
+                flags: 0,
+            };
+            r.set_times(at, at);
+            r
         });
-        if rec.tenant_id != ev.tenant_id.0 {
+        let Some(rec) = made else {
+            return false;
+        };
+        if rec.owner != owner && self.inner.owners.tenant(rec.owner) != Some(ev.tenant_id) {
             // A job never changes tenant; such an event is not about this job.
             return false;
         }
@@ -203,34 +232,35 @@ impl JobIndex {
             }
         }
         let updated = rec.updated_ms();
-        rec.set_times(rec.created_ms.min(at), updated);
+        let created = rec.created_ms().min(at);
+        rec.set_times(created, updated);
         if rec.attempt == 0 || supersedes(ev.attempt, status, u32::from(rec.attempt), rec.status) {
             rec.attempt = u16::try_from(ev.attempt.max(1)).unwrap_or(u16::MAX);
             rec.status = status;
-            rec.set_times(rec.created_ms, updated.max(at));
+            rec.set_times(created, updated.max(at));
             // The error belongs to this status; a location stays until a new one comes.
             if rec.flags & TEXT_IS_ERROR != 0 {
-                rec.text = None;
+                shard.texts.remove(&ev.job_id);
                 rec.flags &= !TEXT_IS_ERROR;
             }
             match location {
                 Some(location::Stored::Pattern(n)) => {
                     rec.location = n;
                     if rec.flags & TEXT_IS_LOCATION != 0 {
-                        rec.text = None;
+                        shard.texts.remove(&ev.job_id);
                         rec.flags &= !TEXT_IS_LOCATION;
                     }
                 }
                 Some(location::Stored::Text(t)) => {
                     rec.location = 0;
-                    rec.text = Some(t);
+                    shard.texts.insert(ev.job_id, t);
                     rec.flags = (rec.flags & !TEXT_IS_ERROR) | TEXT_IS_LOCATION;
                 }
                 None => {}
             }
             if let Some(error) = ev.error.as_deref() {
-                // One string slot: an error displaces a location of no known pattern.
-                rec.text = Some(error.into());
+                // One text per job: an error displaces a location of no known pattern.
+                shard.texts.insert(ev.job_id, error.into());
                 rec.flags = (rec.flags & !TEXT_IS_LOCATION) | TEXT_IS_ERROR;
             }
             changed = true;
@@ -240,20 +270,21 @@ impl JobIndex {
 
     pub fn get(&self, id: JobId) -> Option<JobView> {
         let shard = self.shard(id).read().unwrap_or_else(|p| p.into_inner());
-        let r = shard.get(&id)?;
+        let r = shard.records.get(&id)?;
         let text = |flag: u8| {
             (r.flags & flag != 0)
-                .then(|| r.text.as_deref().map(str::to_owned))
+                .then(|| shard.texts.get(&id).map(|t| t.to_string()))
                 .flatten()
         };
         let payload_location = match r.location {
             0 => text(TEXT_IS_LOCATION),
             n => self.inner.locations.load(id, n),
         };
+        let (tenant_id, client_id) = self.inner.owners.load(r.owner)?;
         Some(JobView {
             id,
-            tenant_id: TenantId(r.tenant_id),
-            client_id: ClientId(r.client_id),
+            tenant_id,
+            client_id,
             status: r.status,
             payload_location,
             payload_size: (r.payload_size != 0).then_some(u64::from(r.payload_size)),
@@ -264,7 +295,7 @@ impl JobIndex {
             md5: (r.flags & HAS_MD5 != 0).then_some(Md5(r.md5)),
             attempts: u32::from(r.attempt),
             error: text(TEXT_IS_ERROR),
-            created_at: rfc3339_of(r.created_ms),
+            created_at: rfc3339_of(r.created_ms()),
             updated_at: rfc3339_of(r.updated_ms()),
         })
     }
@@ -277,10 +308,18 @@ impl JobIndex {
             .unwrap_or(0);
         let mut evicted = 0;
         for shard in &self.inner.shards {
-            let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
-            let before = shard.len();
-            shard.retain(|_, r| r.updated_ms() >= cutoff_ms);
-            evicted += before - shard.len();
+            let mut guard = shard.write().unwrap_or_else(|p| p.into_inner());
+            let shard = &mut *guard;
+            let before = shard.records.len();
+            let texts = &mut shard.texts;
+            shard.records.retain(|id, r| {
+                let keep = r.updated_ms() >= cutoff_ms;
+                if !keep && r.flags & (TEXT_IS_ERROR | TEXT_IS_LOCATION) != 0 {
+                    texts.remove(id);
+                }
+                keep
+            });
+            evicted += before - shard.records.len();
         }
         evicted
     }
@@ -289,7 +328,7 @@ impl JobIndex {
         self.inner
             .shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).len())
+            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).records.len())
             .sum()
     }
 
@@ -306,8 +345,8 @@ impl JobIndex {
         self.inner.caught_up.store(true, Ordering::Release);
     }
 
-    /// Bytes of one record in the map, excluding heap strings (for the memory figures).
-    pub const RECORD_BYTES: usize = std::mem::size_of::<(JobId, Record)>();
+    /// Bytes of one record in its chunk, with its key (for the memory figures).
+    pub const RECORD_BYTES: usize = std::mem::size_of::<(JobId, Option<Record>)>();
 }
 
 #[cfg(test)]
@@ -435,6 +474,6 @@ mod tests {
         );
         assert_eq!(idx.len(), 1);
         let record = JobIndex::RECORD_BYTES;
-        assert!(record <= 88, "record is {record} bytes");
+        assert!(record <= 60, "record is {record} bytes");
     }
 }

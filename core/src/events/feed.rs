@@ -47,10 +47,12 @@ pub struct FeedConfig {
 }
 
 impl Default for FeedConfig {
+    /// Enough to keep the broker streaming; not more, since a message may be a group of
+    /// hundreds of events (tens of KiB) and every unacknowledged one is held in memory.
     fn default() -> Self {
         FeedConfig {
-            prefetch: 2000,
-            ack_every: 500,
+            prefetch: 400,
+            ack_every: 100,
         }
     }
 }

@@ -212,9 +212,14 @@ async fn batch(broker: Broker, limits: GroupLimits, mut rx: mpsc::Receiver<Pendi
 mod tests {
     use super::*;
 
-    fn pending(job: JobId, attempt: u32, status: Status) -> (Pending, oneshot::Receiver<Result<(), PublishError>>) {
+    fn pending(
+        job: JobId,
+        attempt: u32,
+        status: Status,
+    ) -> (Pending, oneshot::Receiver<Result<(), PublishError>>) {
         let (tx, rx) = oneshot::channel();
-        let json = format!(r#"{{"job_id":"{job}","status":"{status}","attempt":{attempt}}}"#).into_bytes();
+        let json =
+            format!(r#"{{"job_id":"{job}","status":"{status}","attempt":{attempt}}}"#).into_bytes();
         (
             Pending {
                 job,
@@ -259,7 +264,12 @@ mod tests {
         let v: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
         let statuses: Vec<(&str, u64)> = v
             .iter()
-            .map(|e| (e["status"].as_str().unwrap(), e["attempt"].as_u64().unwrap()))
+            .map(|e| {
+                (
+                    e["status"].as_str().unwrap(),
+                    e["attempt"].as_u64().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(
             statuses,
