@@ -27,6 +27,7 @@ mod latency;
 mod machine;
 mod memory;
 mod plan;
+mod plot;
 mod report;
 mod sink;
 mod submit;
@@ -204,6 +205,13 @@ async fn scenarios(h: &Harness, config: &BenchConfig) -> anyhow::Result<bool> {
     if let Some(path) = &config.write {
         report::write_section(path, &section)?;
         eprintln!("wrote the table to {}", path.display());
+        let svg = plot::curves(&report.curve, &report.index_curve, h.plan.reference().label);
+        if let Some(svg) = svg {
+            let plot = path.with_file_name("bench").join("curves.svg");
+            std::fs::write(&plot, svg)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", plot.display()))?;
+            eprintln!("wrote the curves to {}", plot.display());
+        }
     }
     Ok(report.failures.is_empty())
 }
