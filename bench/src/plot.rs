@@ -125,7 +125,13 @@ fn panel_consumers(svg: &mut String, curve: &HashMap<(usize, u16), f64>, referen
 
 fn panel_index(svg: &mut String, index: &[(usize, f64, f64)]) {
     let x0 = W;
-    axes(svg, x0, "Job index of one ingress", "jobs indexed", "bytes per job");
+    axes(
+        svg,
+        x0,
+        "Job index of one ingress",
+        "jobs indexed",
+        "bytes per job",
+    );
     let max = index.iter().map(|p| p.1).fold(0.0, f64::max) * 1.1;
     y_ticks(svg, x0, max);
     let n = index.len();
@@ -160,7 +166,10 @@ fn polyline(svg: &mut String, pts: &[(f64, f64)], colour: &str) {
         path.join(" ")
     );
     for (x, y) in pts {
-        let _ = write!(svg, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{colour}"/>"#);
+        let _ = write!(
+            svg,
+            r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{colour}"/>"#
+        );
     }
 }
 
@@ -173,7 +182,12 @@ mod tests {
         let mut c = HashMap::new();
         c.insert((1, 8), 100.0);
         c.insert((1, 32), 200.0);
-        let svg = curves(&c, &[(100_000, 120.0, 0.4), (1_000_000, 80.0, 3.0)], "145 KiB").unwrap();
+        let svg = curves(
+            &c,
+            &[(100_000, 120.0, 0.4), (1_000_000, 80.0, 3.0)],
+            "145 KiB",
+        )
+        .unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("1 process") && svg.contains("1M"));
         assert_eq!(curves(&HashMap::new(), &[], "x"), None);
