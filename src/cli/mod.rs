@@ -28,7 +28,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Mint a development JWT signed with JWT_SECRET.
+    /// Mint a development JWT signed with JWT_SECRET, or with a private key
+    /// (--private-key-file and --algorithm RS256, ES256 or EdDSA).
     Token(TokenArgs),
     /// Submit image files (concurrently, with a progress bar) and print their job ids.
     Submit(submit::SubmitArgs),
@@ -55,8 +56,21 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct TokenArgs {
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub secret: Secret,
+    /// HS256 secret to sign with.
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        hide_env_values = true,
+        required_unless_present = "private_key_file"
+    )]
+    pub secret: Option<Secret>,
+    /// Private key (PEM, PKCS#8) to sign with instead, for an ingress that has the public
+    /// key in JWT_PUBLIC_KEY_FILE; it wins over JWT_SECRET.
+    #[arg(long, env = "JWT_PRIVATE_KEY_FILE")]
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// Algorithm of --private-key-file: RS256, ES256 or EdDSA (HS256 with a secret).
+    #[arg(long, env = "JWT_ALGORITHM", default_value = "HS256")]
+    pub algorithm: String,
     /// Tenant id (`tid` claim).
     #[arg(long, default_value_t = 1)]
     pub tenant: i64,
@@ -121,10 +135,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client_id: ClientId(t.client),
             };
             let ttl = (t.ttl > 0).then(|| Duration::from_secs(t.ttl));
-            println!(
-                "{}",
-                auth::mint(&t.secret, caller, t.audience.as_deref(), ttl)?
-            );
+            let algorithm = auth::parse_algorithm(&t.algorithm)?;
+            let aud = t.audience.as_deref();
+            let token = match (&t.private_key_file, &t.secret) {
+                (Some(path), _) => {
+                    let pem = std::fs::read(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    auth::mint_with_private_key(algorithm, &pem, caller, aud, ttl).with_context(
+                        || format!("signing with {} as {algorithm:?}", path.display()),
+                    )?
+                }
+                (None, Some(secret)) => {
+                    anyhow::ensure!(
+                        algorithm == jsonwebtoken::Algorithm::HS256,
+                        "--algorithm {algorithm:?} signs with --private-key-file, not a secret"
+                    );
+                    auth::mint(secret, caller, aud, ttl)?
+                }
+                (None, None) => anyhow::bail!("no key: set JWT_SECRET or --private-key-file"),
+            };
+            println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(args) => submit::run(args).await,

@@ -2,23 +2,17 @@
 //! Another tenant's job is a 404, exactly like an unknown id.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::auth::AuthError;
 use crate::index::JobView;
 use imagejobs_core::ids::JobId;
 
 fn lookup(app: &AppState, headers: &HeaderMap, id: &str) -> Result<JobView, ApiError> {
-    let auth = match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(v)) => Some(v),
-        Some(Err(_)) => return Err(AuthError::MalformedHeader.into()),
-    };
-    let caller = app.verifier.verify_header(auth)?;
+    let caller = app.verifier.verify_headers(headers)?;
     let id: JobId = id.parse().map_err(|_| ApiError::NotFound)?;
     app.index
         .get(id)

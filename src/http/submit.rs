@@ -13,7 +13,6 @@ use serde_json::json;
 use super::error::ApiError;
 use super::state::AppState;
 use super::upload::{self, BodyKind};
-use crate::auth::AuthError;
 use crate::idempotency;
 use imagejobs_core::ids::JobId;
 use imagejobs_core::message::JobMeta;
@@ -23,12 +22,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let auth = match headers.get(header::AUTHORIZATION).map(HeaderValue::to_str) {
-        None => None,
-        Some(Ok(v)) => Some(v),
-        Some(Err(_)) => return Err(AuthError::MalformedHeader.into()),
-    };
-    let caller = app.verifier.verify_header(auth)?;
+    let caller = app.verifier.verify_headers(&headers)?;
     if let Some(limiter) = &app.limiter {
         limiter
             .check(caller.tenant_id)
@@ -62,7 +56,11 @@ pub async fn submit(
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::TooLarge { limit: max });
     }
-    let bytes = read_body(body, limit, max).await?;
+    let bytes = tokio::time::timeout(app.body_timeout, read_body(body, limit, max))
+        .await
+        .map_err(|_| ApiError::Timeout {
+            what: "request body",
+        })??;
     let upload = match kind.resolve(&bytes) {
         BodyKind::Json | BodyKind::Sniff => upload::from_json(&bytes, max)?,
         BodyKind::Raw => {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use imagejobs_testkit::keys::TokenKeys;
 use imagejobs_testkit::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -118,4 +119,66 @@ async fn dead_list_and_replay() {
     assert_ne!(code, 0, "nothing left to replay");
 
     consumer.stop().await;
+}
+
+#[tokio::test]
+async fn token_signs_with_a_private_key_the_ingress_verifies() {
+    let p = Pipeline::new().await;
+    let key = TokenKeys::new("ES256");
+    let ing = p
+        .ingress_with(|c| {
+            c.jwt_secret = None;
+            c.jwt_public_key_file = Some(key.public_file.clone());
+            c.jwt_algorithm = key.algorithm.into();
+        })
+        .await;
+    let private = key.private_file.display().to_string();
+    let (code, tok, err) = cli(
+        &["token", "--tenant", "2", "--client", "5"],
+        &[
+            ("JWT_PRIVATE_KEY_FILE", private.clone()),
+            ("JWT_ALGORITHM", "ES256".into()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let lookup = |tok: String| {
+        let ing = &ing;
+        async move {
+            ing.http
+                .get(format!("{}/api/v1/job/{}", ing.url, uuid::Uuid::new_v4()))
+                .bearer_auth(tok.trim())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(lookup(tok).await, 404, "the ingress takes the CLI's token");
+
+    // The key's algorithm must be named: ES256 key with the default HS256 is refused
+    // clearly, and an HS256 token of some secret is not what this ingress takes.
+    let (code, _, err) = cli(
+        &[
+            "token",
+            "--tenant",
+            "2",
+            "--client",
+            "5",
+            "--private-key-file",
+            &private,
+        ],
+        &[],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("algorithm") || err.contains("key"), "{err}");
+    let (code, tok, err) = cli(
+        &["token", "--tenant", "2", "--client", "5"],
+        &[("JWT_SECRET", SECRET.into())],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lookup(tok).await, 401);
+    ing.stop().await;
 }
