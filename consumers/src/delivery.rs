@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use imagejobs_core::broker::{Broker, PublishError};
 use imagejobs_core::events::EventSink;
-use imagejobs_core::message::{copied_headers, delivery_count, header, JobMessage};
+use imagejobs_core::message::{copied_headers, delivery_count, header, JobMessage, JobMeta};
 use imagejobs_core::status::{Status, StatusEvent};
 
 use crate::outcome::{self, Copy, Mark, Outcome, Route, Settlement, Then};
@@ -41,6 +41,8 @@ pub struct Handler {
     pub events: EventSink,
     pub pipeline: Pipeline,
     pub stats: Arc<Stats>,
+    /// Largest image a job may carry (`MAX_BODY_BYTES`).
+    pub max_body: usize,
 }
 
 impl Handler {
@@ -97,6 +99,20 @@ impl Handler {
         abandon: &CancellationToken,
     ) -> Settlement {
         let delays = self.broker.topology().retry_delays();
+        if body.len() > self.max_body {
+            let why = format!(
+                "body of {} bytes is over MAX_BODY_BYTES ({})",
+                body.len(),
+                self.max_body
+            );
+            let meta = JobMeta::parse(props).ok();
+            return outcome::settle(
+                meta.as_ref(),
+                Outcome::Invalid(why),
+                delays,
+                SystemTime::now(),
+            );
+        }
         let job = match JobMessage::validate(props, body) {
             Ok(job) => job,
             Err((why, meta)) => {

@@ -142,7 +142,9 @@ pub enum InvalidJob {
     NotAnImage,
 }
 
-/// A header as an integer, whatever its AMQP width.
+/// A header as an integer, whatever its AMQP width. A string is not an integer, even
+/// `"7"`: DESIGN §4 says integers, and a publisher that sends strings is told so (its
+/// job is dead-lettered with the reason) rather than guessed at.
 pub fn header_int(value: &AMQPValue) -> Option<i64> {
     match value {
         AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
@@ -152,9 +154,6 @@ pub fn header_int(value: &AMQPValue) -> Option<i64> {
         AMQPValue::LongInt(v) => Some(i64::from(*v)),
         AMQPValue::LongUInt(v) => Some(i64::from(*v)),
         AMQPValue::LongLongInt(v) => Some(*v),
-        // Many clients (pika with str values, shell tools) send integers as strings.
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
-        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
         _ => None,
     }
 }
@@ -222,6 +221,60 @@ impl JobMeta {
     /// Parses the job's facts from a message's properties (DESIGN §4). Does not look at
     /// the body; see [`JobMessage::validate`] for that.
     pub fn from_properties(props: &BasicProperties) -> Result<Self, InvalidJob> {
+        Self::parse(props).map_err(|(e, _)| e)
+    }
+
+    /// [`JobMeta::from_properties`], and on failure the job's facts when its id, tenant
+    /// and client could be read (only an optional header was wrong), so that the job can
+    /// still be reported.
+    pub fn parse(props: &BasicProperties) -> Result<Self, (InvalidJob, Option<Box<JobMeta>>)> {
+        let required = Self::required(props).map_err(|e| (e, None))?;
+        let with_defaults = || {
+            Box::new(JobMeta {
+                content_type: props.content_type().as_ref().map(|c| c.as_str().to_owned()),
+                ..required.clone()
+            })
+        };
+        let empty = FieldTable::default();
+        let headers = props.headers().as_ref().unwrap_or(&empty).inner();
+        let md5 = match headers.get(header::MD5) {
+            None => None,
+            Some(v) => Some(
+                header_str(v)
+                    .and_then(|s| Md5::from_hex(&s))
+                    .ok_or_else(|| (InvalidJob::BadMd5, Some(with_defaults())))?,
+            ),
+        };
+        let attempt = match headers.get(header::ATTEMPT) {
+            None => 1,
+            Some(v) => header_int(v)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    (
+                        InvalidJob::NotAnInteger(header::ATTEMPT),
+                        Some(with_defaults()),
+                    )
+                })?
+                .max(1),
+        };
+        let payload_location = match headers.get(header::PAYLOAD_LOCATION) {
+            None => None,
+            Some(v) => Some(
+                header_str(v)
+                    .ok_or_else(|| (InvalidJob::BadPayloadLocation, Some(with_defaults())))?,
+            ),
+        };
+        Ok(JobMeta {
+            content_type: props.content_type().as_ref().map(|c| c.as_str().to_owned()),
+            md5,
+            attempt,
+            payload_location,
+            ..required
+        })
+    }
+
+    /// The id, tenant and client, without which a message is no one's job.
+    fn required(props: &BasicProperties) -> Result<Self, InvalidJob> {
         let id = props
             .message_id()
             .as_ref()
@@ -236,35 +289,14 @@ impl JobMeta {
             let v = headers.get(name).ok_or(InvalidJob::MissingHeader(name))?;
             header_int(v).ok_or(InvalidJob::NotAnInteger(name))
         };
-        let tenant_id = TenantId(int(header::TENANT_ID)?);
-        let client_id = ClientId(int(header::CLIENT_ID)?);
-        let md5 = match headers.get(header::MD5) {
-            None => None,
-            Some(v) => Some(
-                header_str(v)
-                    .and_then(|s| Md5::from_hex(&s))
-                    .ok_or(InvalidJob::BadMd5)?,
-            ),
-        };
-        let attempt = match headers.get(header::ATTEMPT) {
-            None => 1,
-            Some(v) => header_int(v)
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or(InvalidJob::NotAnInteger(header::ATTEMPT))?
-                .max(1),
-        };
-        let payload_location = match headers.get(header::PAYLOAD_LOCATION) {
-            None => None,
-            Some(v) => Some(header_str(v).ok_or(InvalidJob::BadPayloadLocation)?),
-        };
         Ok(JobMeta {
             id,
-            tenant_id,
-            client_id,
-            content_type: props.content_type().as_ref().map(|c| c.as_str().to_owned()),
-            md5,
-            attempt,
-            payload_location,
+            tenant_id: TenantId(int(header::TENANT_ID)?),
+            client_id: ClientId(int(header::CLIENT_ID)?),
+            content_type: None,
+            md5: None,
+            attempt: 1,
+            payload_location: None,
             payload_size: None,
         })
     }
@@ -323,7 +355,7 @@ impl JobMessage {
         props: &BasicProperties,
         body: Bytes,
     ) -> Result<Self, (InvalidJob, Option<Box<JobMeta>>)> {
-        let mut meta = JobMeta::from_properties(props).map_err(|e| (e, None))?;
+        let mut meta = JobMeta::parse(props)?;
         if body.is_empty() {
             if meta.payload_location.is_none() {
                 return Err((InvalidJob::EmptyBody, Some(Box::new(meta))));
@@ -376,17 +408,60 @@ mod tests {
     }
 
     #[test]
-    fn integer_headers_in_any_width_or_as_strings() {
+    fn integer_headers_in_any_width_but_not_as_strings() {
         let mut props = meta().to_properties();
         let mut headers = FieldTable::default();
         headers.insert("tenant_id".into(), AMQPValue::ShortInt(5));
-        headers.insert("client_id".into(), AMQPValue::LongString("12".into()));
+        headers.insert("client_id".into(), AMQPValue::LongUInt(12));
         props = props.with_headers(headers);
         let m = JobMeta::from_properties(&props).unwrap();
         assert_eq!(
             (m.tenant_id, m.client_id, m.attempt),
             (TenantId(5), ClientId(12), 1)
         );
+        let mut headers = FieldTable::default();
+        headers.insert("tenant_id".into(), AMQPValue::LongString("5".into()));
+        headers.insert("client_id".into(), AMQPValue::LongLongInt(1));
+        let props = props.with_headers(headers);
+        assert_eq!(
+            JobMeta::from_properties(&props),
+            Err(InvalidJob::NotAnInteger("tenant_id"))
+        );
+    }
+
+    #[test]
+    fn a_bad_optional_header_keeps_the_job_known() {
+        let good = meta();
+        for (name, value, why) in [
+            (
+                header::ATTEMPT,
+                AMQPValue::LongString("many".into()),
+                InvalidJob::NotAnInteger(header::ATTEMPT),
+            ),
+            (
+                header::MD5,
+                AMQPValue::LongString("not hex".into()),
+                InvalidJob::BadMd5,
+            ),
+            (
+                header::PAYLOAD_LOCATION,
+                AMQPValue::LongLongInt(3),
+                InvalidJob::BadPayloadLocation,
+            ),
+        ] {
+            let mut headers = good.to_properties().headers().clone().unwrap();
+            headers.insert(name.into(), value);
+            let props = good.to_properties().with_headers(headers);
+            let (e, known) = JobMeta::parse(&props).unwrap_err();
+            assert_eq!(e, why);
+            let known = known.expect("the job is still known");
+            assert_eq!(
+                (known.id, known.tenant_id, known.client_id),
+                (good.id, good.tenant_id, good.client_id)
+            );
+        }
+        let (_, unknown) = JobMeta::parse(&BasicProperties::default()).unwrap_err();
+        assert!(unknown.is_none());
     }
 
     #[test]
@@ -443,5 +518,112 @@ mod tests {
         assert_eq!(names.len(), HEADERS.len());
         assert!(header::is_death_mark("x-death") && header::is_death_mark("x-last-death-queue"));
         assert!(!header::is_death_mark(header::ERROR));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A header value of any kind a publisher might send for a job header.
+        fn value() -> impl Strategy<Value = AMQPValue> {
+            prop_oneof![
+                any::<i64>().prop_map(AMQPValue::LongLongInt),
+                any::<i32>().prop_map(AMQPValue::LongInt),
+                any::<u32>().prop_map(AMQPValue::LongUInt),
+                any::<i16>().prop_map(AMQPValue::ShortInt),
+                any::<u8>().prop_map(AMQPValue::ShortShortUInt),
+                any::<bool>().prop_map(AMQPValue::Boolean),
+                any::<f64>().prop_map(AMQPValue::Double),
+                "[ -~]{0,40}".prop_map(|s| AMQPValue::LongString(s.into())),
+                "[0-9a-fA-F]{32}".prop_map(|s| AMQPValue::LongString(s.into())),
+                proptest::collection::vec(any::<u8>(), 0..40)
+                    .prop_map(|b| AMQPValue::ByteArray(b.into())),
+                Just(AMQPValue::Void),
+            ]
+        }
+
+        fn headers() -> impl Strategy<Value = FieldTable> {
+            let names = prop_oneof![
+                Just(header::TENANT_ID.to_owned()),
+                Just(header::CLIENT_ID.to_owned()),
+                Just(header::MD5.to_owned()),
+                Just(header::ATTEMPT.to_owned()),
+                Just(header::PAYLOAD_LOCATION.to_owned()),
+                "[a-z-]{1,12}",
+            ];
+            proptest::collection::vec((names, value()), 0..8).prop_map(|pairs| {
+                let mut t = FieldTable::default();
+                for (k, v) in pairs {
+                    t.insert(k.into(), v);
+                }
+                t
+            })
+        }
+
+        fn message_id() -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                Just(None),
+                Just(Some(JobId::new().to_string())),
+                "[ -~]{0,40}".prop_map(Some),
+            ]
+        }
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                Just(Vec::new()),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                proptest::collection::vec(any::<u8>(), 0..64).prop_map(|mut v| {
+                    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+                    png.append(&mut v);
+                    png
+                }),
+            ]
+        }
+
+        proptest! {
+            /// Whatever a direct publisher sends, validation answers a documented
+            /// [`InvalidJob`] or a job whose facts are the headers' own, and reports the
+            /// job's identity exactly when id, tenant and client could be read.
+            #[test]
+            fn any_message_validates_or_says_why(
+                id in message_id(),
+                headers in headers(),
+                body in body(),
+            ) {
+                let mut props = BasicProperties::default().with_headers(headers.clone());
+                if let Some(id) = &id {
+                    props = props.with_message_id(id.as_str().into());
+                }
+                let int = |name: &str| headers.inner().get(name).and_then(header_int);
+                let identified = id.as_deref().is_some_and(|s| s.parse::<JobId>().is_ok())
+                    && int(header::TENANT_ID).is_some()
+                    && int(header::CLIENT_ID).is_some();
+                match JobMessage::validate(&props, Bytes::from(body.clone())) {
+                    Ok(job) => {
+                        prop_assert!(identified);
+                        prop_assert_eq!(Some(job.meta.tenant_id.0), int(header::TENANT_ID));
+                        prop_assert_eq!(Some(job.meta.client_id.0), int(header::CLIENT_ID));
+                        prop_assert!(job.meta.attempt >= 1);
+                        if body.is_empty() {
+                            prop_assert!(job.meta.payload_location.is_some());
+                        } else {
+                            prop_assert!(crate::sniff::image_mime(&body).is_some());
+                        }
+                    }
+                    Err((why, known)) => {
+                        prop_assert!(!why.to_string().is_empty());
+                        prop_assert_eq!(known.is_some(), identified, "{}", why);
+                        let identity_error = matches!(
+                            why,
+                            InvalidJob::MissingMessageId
+                                | InvalidJob::BadMessageId(_)
+                                | InvalidJob::MissingHeader(header::TENANT_ID | header::CLIENT_ID)
+                                | InvalidJob::NotAnInteger(header::TENANT_ID | header::CLIENT_ID)
+                        );
+                        prop_assert_eq!(identity_error, !identified, "{}", why);
+                    }
+                }
+            }
+        }
     }
 }

@@ -321,4 +321,135 @@ mod tests {
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const MAX: usize = 2048;
+
+        /// The documented answers to a bad body: 400, 413 or 415, with details.
+        fn documented(e: &ApiError) -> bool {
+            let kind = matches!(
+                e,
+                ApiError::BadRequest { .. } | ApiError::TooLarge { .. } | ApiError::Unsupported(_)
+            );
+            kind && !e.to_string().is_empty()
+        }
+
+        /// An image body (a PNG signature and random bytes) or random bytes.
+        fn image() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..3000).prop_map(|mut v| {
+                    let mut png = PNG.to_vec();
+                    png.append(&mut v);
+                    png
+                }),
+                proptest::collection::vec(any::<u8>(), 0..300),
+            ]
+        }
+
+        /// A JSON submit body built from `image`, then maybe cut or with one byte changed;
+        /// and what a correct parser must do with it, when that is known.
+        fn json_body() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, Option<bool>)> {
+            (
+                image(),
+                any::<bool>(),
+                prop_oneof![Just("base64"), Just("BASE64"), Just("hex"), Just("")],
+                any::<prop::sample::Index>(),
+                prop_oneof![Just(None), any::<u8>().prop_map(Some)],
+                any::<bool>(),
+            )
+                .prop_map(|(img, with_md5, enc, at, byte, cut)| {
+                    let md5 = if with_md5 {
+                        format!(r#","md5":"{}""#, Md5::of(&img))
+                    } else {
+                        String::new()
+                    };
+                    let body = format!(
+                        r#"{{"encoding":"{enc}"{md5},"content":"{}"}}"#,
+                        BASE64.encode(&img)
+                    );
+                    let mut body = body.into_bytes();
+                    let intact = body.clone();
+                    let i = at.index(body.len());
+                    if cut {
+                        body.truncate(i);
+                    } else if let Some(b) = byte {
+                        body[i] = b;
+                    }
+                    // Untouched, it is accepted exactly when it says base64 and holds a
+                    // small enough image.
+                    let accept = (body == intact).then(|| {
+                        enc.eq_ignore_ascii_case("base64")
+                            && img.len() <= MAX
+                            && sniff::image_mime(&img).is_some()
+                    });
+                    (img, body, accept)
+                })
+        }
+
+        proptest! {
+            /// Whatever the JSON body, the parser gives the image it holds or a
+            /// documented error; never a panic.
+            #[test]
+            fn json_bodies_parse_or_say_why((img, body, accept) in json_body()) {
+                match from_json(&body, MAX) {
+                    Ok(up) => {
+                        prop_assert!(accept != Some(false));
+                        prop_assert!(up.bytes.len() <= MAX);
+                        prop_assert!(sniff::image_mime(&up.bytes).is_some());
+                        if let Some(m) = up.md5 {
+                            prop_assert_eq!(m, Md5::of(&up.bytes));
+                        }
+                        if accept.is_some() {
+                            prop_assert_eq!(&up.bytes[..], &img[..]);
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert!(documented(&e), "{:?}", e);
+                        prop_assert!(accept != Some(true), "{:?}", e);
+                    }
+                }
+            }
+
+            /// Arbitrary bytes as JSON.
+            #[test]
+            fn random_json_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+                if let Err(e) = from_json(&body, MAX) {
+                    prop_assert!(documented(&e), "{:?}", e);
+                }
+            }
+
+            /// A raw body with any Content-MD5: accepted exactly when it is a small
+            /// enough image whose digest (if given) matches.
+            #[test]
+            fn raw_bodies_parse_or_say_why(
+                img in image(),
+                md5 in prop_oneof![
+                    Just(None),
+                    Just(Some(String::new())),
+                    "[ -~]{0,40}".prop_map(Some),
+                    Just(Some("right".to_owned())),
+                ],
+            ) {
+                let md5 = md5.map(|m| if m == "right" { BASE64.encode(Md5::of(&img).0) } else { m });
+                let result = from_raw(Bytes::from(img.clone()), md5.as_deref(), MAX);
+                let small_image = img.len() <= MAX && sniff::image_mime(&img).is_some();
+                let digest_ok = md5.as_deref().is_none_or(|m| {
+                    parse_content_md5(m.trim()) == Some(Md5::of(&img))
+                });
+                match result {
+                    Ok(up) => {
+                        prop_assert!(small_image && digest_ok);
+                        prop_assert_eq!(&up.bytes[..], &img[..]);
+                    }
+                    Err(e) => {
+                        prop_assert!(documented(&e), "{:?}", e);
+                        prop_assert!(!(small_image && digest_ok), "{:?}", e);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 
+use imagejobs_core::config::ByteSize;
 use imagejobs_core::ids::Md5;
 use imagejobs_testkit::*;
 
@@ -247,7 +248,8 @@ async fn invalid_messages_go_to_the_dead_queue_with_a_reason() {
         (
             job_props(
                 Some(&ids[1]),
-                Some(AMQPValue::LongString("five".into())),
+                // A number in a string is still not an integer (DESIGN §4).
+                Some(AMQPValue::LongString("7".into())),
                 None,
             ),
             img.clone(),
@@ -303,6 +305,106 @@ async fn invalid_messages_go_to_the_dead_queue_with_a_reason() {
         "nothing requeued in a loop"
     );
     consumer.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_optional_header_or_an_oversized_body_is_dead_lettered_and_reported_failed() {
+    let p = Pipeline::new().await;
+    let ing = p.ingress().await;
+    let consumer = p
+        .consumer_with(|c| c.max_body_bytes = ByteSize(20_000))
+        .await;
+    let (_c, ch) = p.deployment.channel().await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    let topo = &p.deployment.topology;
+    let img = png(10, 10);
+    let with_header = |id: &str, name: &str, value: AMQPValue| {
+        let props = job_props(Some(id), Some(AMQPValue::LongLongInt(5)), None);
+        let mut headers = props.headers().clone().unwrap();
+        headers.insert(name.into(), value);
+        props.with_headers(headers)
+    };
+    let ids: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let cases = [
+        (
+            with_header(&ids[0], "x-attempt", AMQPValue::LongString("many".into())),
+            img.clone(),
+            "x-attempt is not an integer",
+        ),
+        (
+            with_header(
+                &ids[1],
+                "md5",
+                AMQPValue::LongString("zz".repeat(16).into()),
+            ),
+            img.clone(),
+            "md5 is not 32 hex digits",
+        ),
+        (
+            with_header(&ids[2], "payload_location", AMQPValue::LongLongInt(9)),
+            vec![],
+            "payload_location is not a string",
+        ),
+        (
+            job_props(Some(&ids[3]), Some(AMQPValue::LongLongInt(5)), None),
+            png(300, 300),
+            "over MAX_BODY_BYTES",
+        ),
+    ];
+    assert!(cases[3].1.len() > 20_000);
+    for (props, body, _) in &cases {
+        publish_job(&ch, topo, body, props.clone()).await;
+    }
+    for (id, (_, _, want)) in ids.iter().zip(&cases) {
+        let job = ing.wait_terminal(id, 5, T).await;
+        assert_eq!(job["status"], "FAILED", "{job}");
+        assert!(job["error"].as_str().unwrap_or("").contains(want), "{job}");
+    }
+    let mut reasons = vec![];
+    for _ in &cases {
+        let m = get_one(&ch, &topo.dead_queue(), T).await;
+        let headers = m.delivery.properties.headers().clone().unwrap();
+        reasons.push(imagejobs_core::message::header_string(&headers, "x-error").unwrap());
+    }
+    for (_, _, want) in &cases {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "{want:?}: {reasons:?}"
+        );
+    }
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn the_broker_refuses_a_message_over_its_max_message_size() {
+    let p = Pipeline::new().await;
+    let (conn, ch) = p.deployment.channel().await;
+    p.deployment.declare(&conn).await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let topo = &p.deployment.topology;
+    let id = uuid::Uuid::new_v4().to_string();
+    let props = job_props(Some(&id), Some(AMQPValue::LongLongInt(5)), None);
+    // rabbitmq/rabbitmq.conf: max_message_size = 3 MiB, the ingress's MAX_BODY_BYTES.
+    let big = vec![7u8; 3 * 1024 * 1024 + 1];
+    let sent = async {
+        ch.basic_publish(
+            topo.jobs_exchange().as_str().into(),
+            "submit".into(),
+            BasicPublishOptions::default(),
+            &big,
+            props,
+        )
+        .await?
+        .await
+    };
+    let refused = tokio::time::timeout(T, sent)
+        .await
+        .expect("an answer in time")
+        .expect_err("a 3 MiB + 1 message is refused");
+    assert!(refused.to_string().contains("max size"), "{refused}");
+    // The connection lives on, and nothing reached the queue.
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0);
 }
 
 #[tokio::test]
