@@ -14,7 +14,11 @@ use imagejobs_core::config::{self, BrokerArgs, ByteSize, Secret};
 use imagejobs_core::events::{EventSink, Feed, Start};
 use imagejobs_core::topology::Topology;
 
-use crate::auth::Verifier;
+use imagejobs_serve::{InFlight, Limits};
+use jsonwebtoken::Algorithm;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{self, TokenKey, Verifier};
 use crate::http::{self, AppState, Shared};
 use crate::idempotency::IdempotencyCache;
 use crate::index::{self, JobIndex};
@@ -72,6 +76,40 @@ pub struct IngressConfig {
     /// How long a submit waits for the broker's confirm before answering 503 (ms).
     #[arg(long = "publish-timeout-ms", env = "PUBLISH_TIMEOUT_MS", default_value = "5000", value_parser = config::millis)]
     pub publish_timeout: Duration,
+
+    /// Public key (PEM) that client tokens are checked with, instead of a shared secret.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// The one token algorithm accepted: HS256 (with JWT_SECRET), or RS256, ES256, EdDSA
+    /// (with JWT_PUBLIC_KEY_FILE).
+    #[arg(long, env = "JWT_ALGORITHM", default_value = "HS256")]
+    pub jwt_algorithm: String,
+
+    /// Certificate chain (PEM) to serve HTTPS with; with TLS_KEY_FILE.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Seconds a client has to send a request's head, counted from the connection's start
+    /// or the end of the previous response (so idle keep-alive connections close too).
+    #[arg(long = "header-timeout-secs", env = "HEADER_TIMEOUT_SECS", default_value = "10", value_parser = config::secs)]
+    pub header_timeout: Duration,
+
+    /// Seconds a client has to send a submit's whole body.
+    #[arg(long = "body-timeout-secs", env = "BODY_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
+    pub body_timeout: Duration,
+
+    /// Requests in flight at most; beyond them the answer is 503 with Retry-After.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
+
+    /// On SIGTERM, seconds to let requests in flight finish before closing the rest.
+    #[arg(long = "drain-timeout-secs", env = "DRAIN_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
+    pub drain_timeout: Duration,
 }
 
 impl Default for IngressConfig {
@@ -90,11 +128,45 @@ impl Default for IngressConfig {
             tenant_burst: None,
             amqp_channels: 8,
             publish_timeout: Duration::from_secs(5),
+            jwt_public_key_file: None,
+            jwt_algorithm: "HS256".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_in_flight: 512,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
 
 impl IngressConfig {
+    /// The key tokens are checked with: a public key (JWT_PUBLIC_KEY_FILE, with an
+    /// asymmetric JWT_ALGORITHM) or the HS256 secret. There is no default.
+    pub fn token_key(&self) -> anyhow::Result<TokenKey> {
+        let algorithm = auth::parse_algorithm(&self.jwt_algorithm)?;
+        match &self.jwt_public_key_file {
+            Some(path) => {
+                anyhow::ensure!(
+                    self.jwt_secret.is_none() && self.jwt_secret_file.is_none(),
+                    "JWT_PUBLIC_KEY_FILE and a JWT secret both set: the ingress takes one key"
+                );
+                if algorithm == Algorithm::HS256 {
+                    return Err(auth::KeyError::NeedsAsymmetric.into());
+                }
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading JWT_PUBLIC_KEY_FILE {}", path.display()))?;
+                Ok(TokenKey::Public { algorithm, pem })
+            }
+            None => {
+                if algorithm != Algorithm::HS256 {
+                    return Err(auth::KeyError::NeedsPublicKey(algorithm).into());
+                }
+                Ok(TokenKey::Secret(self.secret()?))
+            }
+        }
+    }
+
     /// The JWT secret from `JWT_SECRET` or `JWT_SECRET_FILE`; there is no default.
     pub fn secret(&self) -> anyhow::Result<Secret> {
         let secret = match (&self.jwt_secret, &self.jwt_secret_file) {
@@ -129,7 +201,26 @@ impl IngressConfig {
             self.amqp_channels.to_string(),
             "--publish-timeout-ms".into(),
             self.publish_timeout.as_millis().to_string(),
+            "--jwt-algorithm".into(),
+            self.jwt_algorithm.clone(),
+            "--header-timeout-secs".into(),
+            self.header_timeout.as_secs().to_string(),
+            "--body-timeout-secs".into(),
+            self.body_timeout.as_secs().to_string(),
+            "--max-in-flight".into(),
+            self.max_in_flight.to_string(),
+            "--drain-timeout-secs".into(),
+            self.drain_timeout.as_secs().to_string(),
         ]);
+        for (flag, path) in [
+            ("--jwt-public-key-file", &self.jwt_public_key_file),
+            ("--tls-cert-file", &self.tls_cert_file),
+            ("--tls-key-file", &self.tls_key_file),
+        ] {
+            if let Some(path) = path {
+                out.extend([flag.into(), path.display().to_string()]);
+            }
+        }
         if let Some(path) = &self.jwt_secret_file {
             out.extend(["--jwt-secret-file".into(), path.display().to_string()]);
         }
@@ -149,6 +240,9 @@ const OUTBOX_CAPACITY: usize = 100_000;
 /// A built ingress: listening, connected in the background, not yet serving.
 pub struct Ingress {
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    in_flight: InFlight,
     state: AppState,
     shutdown: CancellationToken,
     /// Stops the broker connection (and the index follower) when dropped: after serving,
@@ -158,22 +252,23 @@ pub struct Ingress {
 
 impl Ingress {
     pub async fn build(config: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let secret = config.secret()?;
-        let verifier = Verifier::new(
-            &secret,
+        let verifier = Verifier::with_key(
+            &config.token_key()?,
             config.jwt_audience.as_deref(),
             config.jwt_require_exp,
-        );
+        )?;
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(imagejobs_serve::tls_acceptor(cert, key)?),
+            _ => None,
+        };
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
         let topology = Topology::new(&config.broker.topology);
-        let mut broker_config = BrokerConfig::new(
-            config.broker.amqp_url.clone(),
-            "imagejobs-ingress",
-            topology,
-        );
+        let mut broker_config =
+            BrokerConfig::new(config.broker.urls()?, "imagejobs-ingress", topology);
+        broker_config.tls_ca = config.broker.ca_pem()?;
         broker_config.channels = config.amqp_channels;
         broker_config.publish_timeout = config.publish_timeout;
         // A blocked broker would hold a submit for the whole confirm timeout: say 503 now.
@@ -196,6 +291,7 @@ impl Ingress {
             events: events.clone(),
             verifier,
             max_body: config.max_body_bytes.as_usize(),
+            body_timeout: config.body_timeout,
             limiter: TenantLimiter::new(config.tenant_rate, config.tenant_burst),
             idempotency: IdempotencyCache::new(Duration::from_secs(24 * 3600), 1_000_000),
             index,
@@ -203,6 +299,12 @@ impl Ingress {
         });
         Ok(Ingress {
             listener,
+            tls,
+            limits: Limits {
+                header_timeout: config.header_timeout,
+                drain_timeout: config.drain_timeout,
+            },
+            in_flight: InFlight::new(config.max_in_flight),
             state,
             shutdown,
             broker_guard: broker_stop.drop_guard(),
@@ -219,16 +321,28 @@ impl Ingress {
         self.state.clone()
     }
 
-    /// Serves until the shutdown token is cancelled, then finishes in-flight requests.
+    /// Whether it serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until the shutdown token is cancelled, then lets requests in flight finish
+    /// for at most the drain timeout.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Ingress {
             listener,
+            tls,
+            limits,
+            in_flight,
             state,
             shutdown,
             broker_guard,
         } = self;
-        let served = axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+        let router = http::router(state).layer(axum::middleware::from_fn_with_state(
+            in_flight,
+            InFlight::limit,
+        ));
+        let served = imagejobs_serve::serve(listener, tls, router, limits, shutdown)
             .await
             .context("serving HTTP");
         drop(broker_guard);
@@ -244,7 +358,9 @@ mod tests {
     #[test]
     fn defaults_and_args_round_trip() {
         let url = imagejobs_core::config::DEFAULT_AMQP_URL;
-        let parsed = IngressConfig::parse_from(["x", "--amqp-url", url]);
+        let mut parsed = IngressConfig::parse_from(["x", "--amqp-url", url]);
+        // `make test` exports AMQP_CA_FILE for its TLS listener.
+        parsed.broker.amqp_ca_file = None;
         // JWT_* may come from the environment of whoever runs the tests.
         let expected = IngressConfig {
             jwt_secret: parsed.jwt_secret.clone(),
@@ -261,8 +377,13 @@ mod tests {
             jwt_audience: Some("aud".into()),
             ..IngressConfig::default()
         };
-        let back =
-            IngressConfig::parse_from(std::iter::once("x".to_owned()).chain(custom.to_args()));
+        let mut back = IngressConfig::parse_from(
+            ["x", "--amqp-url", url]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(custom.to_args()),
+        );
+        back.broker.amqp_ca_file = None;
         assert_eq!(
             IngressConfig {
                 jwt_secret: None,

@@ -7,6 +7,7 @@ use imagejobs::ingress::{Ingress, IngressConfig};
 async fn main() -> anyhow::Result<()> {
     imagejobs_core::telemetry::init_tracing();
     let config = IngressConfig::parse();
+    imagejobs_core::tls::install_crypto();
     let shutdown = imagejobs_core::shutdown::on_signal();
     let ingress = Ingress::build(config, shutdown).await?;
     tracing::info!(addr = %ingress.local_addr(), "ingress listening");

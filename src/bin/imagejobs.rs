@@ -7,6 +7,7 @@ use imagejobs::cli::Cli;
 async fn main() -> std::process::ExitCode {
     imagejobs_core::telemetry::init_tracing_quiet();
     let cli = Cli::parse();
+    imagejobs_core::tls::install_crypto();
     match imagejobs::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {

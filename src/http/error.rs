@@ -22,6 +22,10 @@ pub enum ApiError {
     Unauthorized(#[from] AuthError),
     #[error("not found")]
     NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allowed: String },
+    #[error("request timeout")]
+    Timeout { what: &'static str },
     #[error("payload too large")]
     TooLarge { limit: usize },
     #[error("unsupported media type")]
@@ -48,6 +52,8 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -60,6 +66,10 @@ impl ApiError {
             ApiError::BadRequest { details, .. } => details.clone(),
             ApiError::Unauthorized(e) => e.to_string(),
             ApiError::NotFound => "no such job".into(),
+            ApiError::MethodNotAllowed { allowed } => {
+                format!("this route takes {allowed}")
+            }
+            ApiError::Timeout { what } => format!("the {what} did not arrive in time"),
             ApiError::TooLarge { limit } => format!("the image may be at most {limit} bytes"),
             ApiError::Unsupported(d) => d.clone(),
             ApiError::RateLimited { .. } => {

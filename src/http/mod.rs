@@ -20,7 +20,7 @@ pub fn router(state: AppState) -> Router {
     // Bodies are read by the submit handler itself, with its own limit (MAX_BODY_BYTES,
     // or 4/3 of it for base64 JSON), so axum's 2 MB default must not cut them first.
     let submit_route = post(submit::submit).layer(DefaultBodyLimit::disable());
-    Router::new()
+    let api = Router::new()
         .route("/ping", get(|| async { "pong" }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -28,11 +28,34 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/job/{id}", get(jobs::job))
         .route("/api/v1/job/{id}/status", get(jobs::status))
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async {
-            ApiError::bad_request("method not allowed", "see the API in the README")
-        })
+        .with_state(state);
+    // Around the whole router: axum adds `Allow` to a 405 outside the routes' own layers.
+    Router::new()
+        .fallback_service(api)
+        .layer(axum::middleware::map_response(method_not_allowed))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+}
+
+/// axum answers a known route asked with another method 405 with an `Allow` header and
+/// an empty body; this gives it the API's error body and keeps the header.
+async fn method_not_allowed(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if resp.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return resp;
+    }
+    let allow = resp.headers().get(axum::http::header::ALLOW).cloned();
+    let mut out = ApiError::MethodNotAllowed {
+        allowed: allow
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    }
+    .into_response();
+    if let Some(allow) = allow {
+        out.headers_mut().insert(axum::http::header::ALLOW, allow);
+    }
+    out
 }
 
 /// 200 only with a live connection that the broker does not block, the topology

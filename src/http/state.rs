@@ -24,6 +24,8 @@ pub struct Shared {
     pub verifier: Verifier,
     /// Largest image accepted, in bytes (`MAX_BODY_BYTES`).
     pub max_body: usize,
+    /// How long a client may take to send a submit's body.
+    pub body_timeout: std::time::Duration,
     pub limiter: Option<TenantLimiter>,
     pub idempotency: IdempotencyCache,
     pub index: JobIndex,

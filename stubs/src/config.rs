@@ -16,6 +16,12 @@ pub const DEFAULT_BLOB_CAPACITY: usize = 100_000;
 /// Default number of bytes of blob content kept in memory before the oldest are evicted.
 pub const DEFAULT_BLOB_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
+/// Default largest image decoded: 40 megapixels (160 MB as RGBA8).
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+/// Default number of images decoded at once.
+pub const DEFAULT_MAX_DECODES: usize = 2;
+
 /// Default number of worker jobs remembered (for deduplication and status) before the oldest
 /// are forgotten.
 pub const DEFAULT_JOB_CAPACITY: usize = 1_000_000;
@@ -105,6 +111,29 @@ pub struct StubConfig {
     #[arg(long, env = "STUB_FORCE_JOB_STATUS", value_parser = clap::value_parser!(u16).range(100..=599))]
     pub force_job_status: Option<u16>,
 
+    /// Certificate chain (PEM) to serve both services over HTTPS with; with STUB_TLS_KEY_FILE.
+    #[arg(long, env = "STUB_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of STUB_TLS_CERT_FILE.
+    #[arg(long, env = "STUB_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+
+    /// CA certificates (PEM) the worker trusts for an `https://` blob service, besides the
+    /// system's roots.
+    #[arg(long, env = "SERVICE_CA_FILE")]
+    pub service_ca_file: Option<std::path::PathBuf>,
+
+    /// Largest image the worker decodes, in pixels (width × height), checked from the
+    /// header before anything is decoded: a 20000×20000 PNG of a few KiB would otherwise
+    /// take 400 MB to decode.
+    #[arg(long, env = "STUB_MAX_PIXELS", default_value_t = DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+
+    /// Images decoded at once at most (each may take width × height × 4 bytes).
+    #[arg(long, env = "STUB_MAX_DECODES", default_value_t = DEFAULT_MAX_DECODES)]
+    pub max_decodes: usize,
+
     /// Seed of the random fault decisions; the same seed makes the same decisions for the same
     /// job ids and the same sequence of requests. Unset means a random seed (logged at start).
     #[arg(long, env = "STUB_SEED")]
@@ -129,6 +158,11 @@ impl Default for StubConfig {
             running_ms: 0,
             skip_image_work: false,
             force_job_status: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            service_ca_file: None,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_decodes: DEFAULT_MAX_DECODES,
             seed: None,
         }
     }

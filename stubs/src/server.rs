@@ -53,6 +53,20 @@ impl Stubs {
     ///
     /// Fails when a port cannot be bound or a configured URL cannot serve as a base.
     pub async fn start(config: StubConfig, shutdown: CancellationToken) -> anyhow::Result<Stubs> {
+        // reqwest's rustls takes the process's provider; install it once (idempotent).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(imagejobs_serve::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let ca_pem = match &config.service_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading SERVICE_CA_FILE {}", path.display()))?,
+            ),
+            None => None,
+        };
         let faults = Faults::new(&config);
         let stats = Stats::default();
         let store = BlobStore::new(config.blob_capacity, config.blob_max_bytes);
@@ -80,8 +94,8 @@ impl Stubs {
         let worker_addr = worker_listener
             .local_addr()
             .context("worker listener address")?;
-        let blob_url = api_base(blob_addr);
-        let worker_url = api_base(worker_addr);
+        let blob_url = api_base(scheme, blob_addr);
+        let worker_url = api_base(scheme, worker_addr);
         let own_blob_base: Url = blob_url.parse().context("own blob service URL")?;
 
         let public_base = config
@@ -105,9 +119,11 @@ impl Stubs {
             jobs: JobTable::new(config.job_capacity),
             faults: faults.clone(),
             stats: stats.clone(),
-            blobs: BlobClient::new(blob_service_url.clone())?,
+            blobs: BlobClient::new(blob_service_url.clone(), ca_pem.as_deref())?,
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
+            decodes: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_decodes.max(1))),
+            max_pixels: config.max_pixels,
         });
         let observer = Observer {
             stats: stats.clone(),
@@ -116,9 +132,9 @@ impl Stubs {
         let blob_app = app(blob_api, &faults, &observer);
         let worker_app = app(worker_api, &faults, &observer);
 
-        tracing::info!("blob listening on http://{blob_addr} (API base {blob_url})");
+        tracing::info!("blob listening on {scheme}://{blob_addr} (API base {blob_url})");
         tracing::info!(
-            "worker listening on http://{worker_addr} (API base {worker_url}, blob service {blob_service_url})"
+            "worker listening on {scheme}://{worker_addr} (API base {worker_url}, blob service {blob_service_url})"
         );
         tracing::info!(
             seed = faults.seed(),
@@ -131,8 +147,14 @@ impl Stubs {
             "fault knobs"
         );
 
-        tracker.spawn(serve("blob", blob_listener, blob_app, shutdown.clone()));
-        tracker.spawn(serve("worker", worker_listener, worker_app, shutdown));
+        tracker.spawn(serve(
+            "blob",
+            blob_listener,
+            tls.clone(),
+            blob_app,
+            shutdown.clone(),
+        ));
+        tracker.spawn(serve("worker", worker_listener, tls, worker_app, shutdown));
 
         Ok(Stubs {
             worker_url,
@@ -188,15 +210,15 @@ pub async fn run(config: StubConfig, shutdown: CancellationToken) -> anyhow::Res
     Ok(())
 }
 
-/// `http://<addr>/api/v1`, with an unspecified bind address (0.0.0.0, ::) replaced by loopback
-/// so that the URL can be called.
-fn api_base(addr: SocketAddr) -> String {
+/// `http(s)://<addr>/api/v1`, with an unspecified bind address (0.0.0.0, ::) replaced by
+/// loopback so that the URL can be called.
+fn api_base(scheme: &str, addr: SocketAddr) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}/api/v1", SocketAddr::new(ip, addr.port()))
+    format!("{scheme}://{}/api/v1", SocketAddr::new(ip, addr.port()))
 }
 
 /// One service's full router: its API behind fault injection and, outside that, the request
@@ -287,12 +309,15 @@ async fn set_faults(State(f): State<Faults>, body: Bytes) -> Result<Json<FaultsB
 async fn serve(
     name: &'static str,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: Router,
     shutdown: CancellationToken,
 ) {
-    let outcome = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let limits = imagejobs_serve::Limits {
+        header_timeout: std::time::Duration::from_secs(10),
+        drain_timeout: std::time::Duration::from_secs(10),
+    };
+    let outcome = imagejobs_serve::serve(listener, tls, app, limits, shutdown).await;
     match outcome {
         Ok(()) => tracing::debug!(service = name, "server stopped"),
         Err(error) => tracing::error!(service = name, %error, "server failed"),

@@ -18,16 +18,29 @@ const MAX_SOURCE_DIMENSION: u32 = 32_768;
 
 /// Decodes `bytes` (any format the image crate was built with), shrinks the image to fit in
 /// [`THUMBNAIL_SIZE`]² without enlarging small images, and returns it encoded as PNG.
-pub fn thumbnail_png(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+/// An image of more than `max_pixels` is refused from its header, before any decoding.
+pub fn thumbnail_png(bytes: &[u8], max_pixels: u64) -> anyhow::Result<Vec<u8>> {
+    let header = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .context("reading image header")?;
+    if header.format().is_none() {
+        bail!("not an image in a supported format");
+    }
+    let (w, h) = header
+        .into_dimensions()
+        .context("reading image dimensions")?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        bail!("image of {w}×{h} pixels is over the limit of {max_pixels} pixels");
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .context("reading image header")?;
-    if reader.format().is_none() {
-        bail!("not an image in a supported format");
-    }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SOURCE_DIMENSION);
     limits.max_image_height = Some(MAX_SOURCE_DIMENSION);
+    // Room for the decoded image at 16 bits a channel, and the decoder's own buffers.
+    limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
     reader.limits(limits);
     let image = reader.decode().context("decoding image")?;
     if image.width() == 0 || image.height() == 0 {
@@ -57,6 +70,7 @@ pub fn thumbnail_png(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_MAX_PIXELS;
     use image::{ImageBuffer, Rgb};
 
     fn encoded(width: u32, height: u32, format: ImageFormat) -> Vec<u8> {
@@ -77,27 +91,74 @@ mod tests {
 
     #[test]
     fn large_images_shrink_to_fit_keeping_aspect() {
-        let png = thumbnail_png(&encoded(400, 200, ImageFormat::Png)).expect("thumbnail");
+        let png = thumbnail_png(&encoded(400, 200, ImageFormat::Png), DEFAULT_MAX_PIXELS)
+            .expect("thumbnail");
         assert_eq!(dimensions(&png), (128, 64));
-        let jpeg = thumbnail_png(&encoded(300, 600, ImageFormat::Jpeg)).expect("thumbnail");
+        let jpeg = thumbnail_png(&encoded(300, 600, ImageFormat::Jpeg), DEFAULT_MAX_PIXELS)
+            .expect("thumbnail");
         assert_eq!(dimensions(&jpeg), (64, 128));
     }
 
     #[test]
     fn small_images_are_not_enlarged() {
-        let png = thumbnail_png(&encoded(20, 10, ImageFormat::Bmp)).expect("thumbnail");
+        let png = thumbnail_png(&encoded(20, 10, ImageFormat::Bmp), DEFAULT_MAX_PIXELS)
+            .expect("thumbnail");
         assert_eq!(dimensions(&png), (20, 10));
     }
 
     #[test]
     fn garbage_and_truncated_images_are_errors_not_panics() {
-        assert!(thumbnail_png(b"").is_err());
-        assert!(thumbnail_png(b"definitely not an image").is_err());
+        assert!(thumbnail_png(b"", DEFAULT_MAX_PIXELS).is_err());
+        assert!(thumbnail_png(b"definitely not an image", DEFAULT_MAX_PIXELS).is_err());
         let png = encoded(200, 200, ImageFormat::Png);
-        assert!(thumbnail_png(&png[..png.len() / 2]).is_err());
+        assert!(thumbnail_png(&png[..png.len() / 2], DEFAULT_MAX_PIXELS).is_err());
         // A PNG header claiming an absurd size.
         let mut huge = png.clone();
         huge[16..20].copy_from_slice(&1_000_000u32.to_be_bytes());
-        assert!(thumbnail_png(&huge).is_err());
+        assert!(thumbnail_png(&huge, DEFAULT_MAX_PIXELS).is_err());
+    }
+
+    /// A PNG whose header says 20000 × 20000 greyscale (it would decode to 400 MB); only
+    /// the header is there, which is all the check may read.
+    fn huge_png_header() -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut crc = 0xffff_ffffu32;
+            for &b in bytes {
+                crc ^= u32::from(b);
+                for _ in 0..8 {
+                    crc = if crc & 1 != 0 {
+                        (crc >> 1) ^ 0xedb8_8320
+                    } else {
+                        crc >> 1
+                    };
+                }
+            }
+            !crc
+        }
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend_from_slice(&20_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&20_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        for chunk in [
+            ihdr,
+            b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01".to_vec(),
+            b"IEND".to_vec(),
+        ] {
+            png.extend_from_slice(&(chunk.len() as u32 - 4).to_be_bytes());
+            png.extend_from_slice(&chunk);
+            png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+        }
+        png
+    }
+
+    #[test]
+    fn a_huge_image_is_refused_from_its_header() {
+        let png = huge_png_header();
+        let err = thumbnail_png(&png, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("20000×20000 pixels is over the limit"),
+            "{err:#}"
+        );
     }
 }

@@ -130,6 +130,9 @@ pub(crate) struct WorkerService {
     pub blobs: BlobClient,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Permits for decoding images, `max_decodes` of them.
+    pub decodes: std::sync::Arc<tokio::sync::Semaphore>,
+    pub max_pixels: u64,
 }
 
 /// The worker API routes, with full paths (the stats recognise endpoints by route).
@@ -304,7 +307,7 @@ async fn run_job(service: WorkerService, plan: JobPlan) {
     let outcome = tokio::select! {
         _ = service.shutdown.cancelled() => return,
         outcome = async {
-            let outcome = work(&service.blobs, &plan).await;
+            let outcome = work(&service, &plan).await;
             tokio::time::sleep_until(ends_at).await;
             outcome
         } => outcome,
@@ -327,7 +330,8 @@ async fn run_job(service: WorkerService, plan: JobPlan) {
 
 /// The job's result location: an injected failure, the original payload (skipping the image
 /// work), or a thumbnail stored as `{job id}.thumb`.
-async fn work(blobs: &BlobClient, plan: &JobPlan) -> anyhow::Result<String> {
+async fn work(service: &WorkerService, plan: &JobPlan) -> anyhow::Result<String> {
+    let blobs = &service.blobs;
     if plan.fail {
         anyhow::bail!("injected failure (STUB_JOB_FAIL_RATE)");
     }
@@ -335,7 +339,16 @@ async fn work(blobs: &BlobClient, plan: &JobPlan) -> anyhow::Result<String> {
         return Ok(plan.payload_location.to_string());
     }
     let image = blobs.fetch(&plan.payload_location).await?;
-    let png = tokio::task::spawn_blocking(move || thumbnail_png(&image))
+    // At most `max_decodes` images are decoded at once: each may take width × height × 4
+    // bytes, so a burst of large images cannot take the machine's memory.
+    let _permit = service
+        .decodes
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| anyhow::anyhow!("the worker is shutting down"))?;
+    let max_pixels = service.max_pixels;
+    let png = tokio::task::spawn_blocking(move || thumbnail_png(&image, max_pixels))
         .await
         .map_err(|e| anyhow::anyhow!("thumbnail task ended abnormally: {e}"))??;
     blobs
