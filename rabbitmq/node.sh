@@ -18,9 +18,11 @@
 #   ctl-node I ARGS...   rabbitmqctl against node I
 #   queues|streams|diagnostics ARGS...  rabbitmq-queues/-streams/-diagnostics, like ctl
 #
-# `start` writes rabbitmq/.node/env: export lines of AMQP_URL, AMQP_URL_<i>, BROKER_NODES,
-# RABBITMQ_NODENAME (node 1), RABBITMQ_NODENAMES, RABBITMQ_AMQP_PORT (node 1),
-# RABBITMQ_PROMETHEUS_URLS and, with management, RABBITMQ_MANAGEMENT_URL/_PORT (node 1).
+# `start` writes rabbitmq/.node/env (mode 0600: the URLs carry the password of the nodes'
+# own user `imagejobs` on vhost `imagejobs`; there is no guest): export lines of AMQP_URL,
+# AMQP_URL_<i>, BROKER_NODES, RABBITMQ_NODENAME (node 1), RABBITMQ_NODENAMES,
+# RABBITMQ_AMQP_PORT (node 1), RABBITMQ_PROMETHEUS_URLS, RABBITMQ_VHOST, with BROKER_TLS=1
+# AMQPS_URL and AMQP_CA_FILE, and with management RABBITMQ_MANAGEMENT_URL/_PORT (node 1).
 # Ports: block B = 20000 + (hash % 120) * 100; node i uses B + (i-1)*10 + 0 AMQP, +1 AMQPS
 # (reserved), +2 management, +3 Prometheus, +4 Erlang distribution; the CLI B+90..B+99.
 #
@@ -28,6 +30,8 @@
 #   BROKER_NODES=N          nodes of the deployment, 1..9 (default: the existing one, else 1)
 #   BROKER_PORT_BASE=B      use the port block B..B+99 instead of the derived one
 #   BROKER_NODE=I           the node that ctl, queues, streams, diagnostics talk to (default 1)
+#   BROKER_TLS=1            also a TLS listener (AMQPS, node port +1) with a CA made once in
+#                           rabbitmq/.node/tls/; the env file then has AMQPS_URL, AMQP_CA_FILE
 #   RABBITMQ_MANAGEMENT=1   also enable the management plugin (UI and HTTP API)
 #   RABBITMQ_START_TIMEOUT  seconds to wait for the nodes to boot and cluster (default 90)
 #   RABBITMQ_BIN_DIR        where rabbitmq-server and rabbitmqctl are (/usr/lib/rabbitmq/bin)
@@ -81,8 +85,33 @@ rabbitmq: yourself (RABBITMQ_ALLOW_OLD=1 starts it anyway)."
 ndir() { if [ "$1" = 0 ]; then echo "$NODE_DIR"; else echo "$NODE_DIR/node-$1"; fi; }
 name() { if [ "$1" = 0 ]; then echo "imagejobs-$HASH8@localhost"; else echo "imagejobs-$HASH8-$1@localhost"; fi; }
 port() { echo $((BASE + ($1 - 1) * 10 + $2)); } # node, offset
-url() { printf 'amqp://guest:guest@127.0.0.1:%s/%%2f' "$(port "$1" 0)"; }
-all_urls() { local i s=""; for ((i = 1; i <= N; i++)); do s+=${s:+,}$(url "$i"); done; echo "$s"; }
+# The deployment's own user on its own vhost (no guest); the password is made once.
+BROKER_USER=imagejobs BROKER_VHOST=imagejobs CREDENTIALS=$SCRIPT_DIR/.node/credentials
+password() { cat "$CREDENTIALS" 2>/dev/null || true; }
+url() { printf 'amqp://%s:%s@127.0.0.1:%s/%s' "$BROKER_USER" "$(password)" "$(port "$1" 0)" "$BROKER_VHOST"; }
+tls_url() { printf 'amqps://%s:%s@localhost:%s/%s' "$BROKER_USER" "$(password)" "$(port "$1" 1)" "$BROKER_VHOST"; }
+all_urls() { local i s=""; for ((i = 1; i <= N; i++)); do s+=${s:+,}$(${1:-url} "$i"); done; echo "$s"; }
+TLS_DIR=$SCRIPT_DIR/.node/tls
+has_tls() { [ -s "$TLS_DIR/server.pem" ]; }
+# A CA and a server certificate for localhost and 127.0.0.1 (BROKER_TLS=1), made once.
+make_tls() {
+    has_tls && return 0
+    command -v openssl >/dev/null || die "BROKER_TLS=1 needs the openssl command (apt-get install openssl)"
+    mkdir -p "$TLS_DIR"
+    if ! (
+        cd "$TLS_DIR" && umask 077
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=imagejobs-private-ca \
+            -keyout ca.key -out ca.pem 2>/dev/null &&
+            openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key \
+                -out server.csr 2>/dev/null &&
+            printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext &&
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+                -extfile san.ext -out server.pem 2>/dev/null
+    ); then
+        die "could not make the TLS certificates in $TLS_DIR"
+    fi
+    chmod 644 "$TLS_DIR/ca.pem"
+}
 legacy() { [ -e "$NODE_DIR/ports" ]; }
 recorded() { cat "$NODE_DIR/nodes" 2>/dev/null || true; }
 has_mgmt() { grep -qs rabbitmq_management "$(ndir "$1")/enabled_plugins"; }
@@ -165,6 +194,10 @@ write_files() { # the nodes to (re)generate
     echo '# Empty: keeps /etc/rabbitmq/rabbitmq-env.conf away from our nodes.' >"$NODE_DIR/rabbitmq-env.conf"
     echo "$N" >"$NODE_DIR/nodes" && echo "$BASE" >"$NODE_DIR/port-base"
     ln -sfn node-1/rabbitmq.pid "$NODE_DIR/rabbitmq.pid"
+    if [ ! -s "$CREDENTIALS" ]; then
+        (umask 077 && head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$CREDENTIALS")
+    fi
+    if [ "${BROKER_TLS:-}" = 1 ]; then make_tls; fi
     for i; do
         d=$(ndir "$i") && mkdir -p "$d/mnesia" "$d/log" "$d/conf.d"
         (IFS=, && echo "[${PLUGINS[*]}].") >"$d/enabled_plugins"
@@ -173,13 +206,24 @@ write_files() { # the nodes to (re)generate
             cat "$SCRIPT_DIR/rabbitmq.conf"
             printf '\n## Node %s of %s (generated)\n' "$i" "$N"
             echo "listeners.tcp.1 = 127.0.0.1:$(port "$i" 0)" && echo "prometheus.tcp.port = $(port "$i" 3)"
+            echo 'prometheus.tcp.ip = 127.0.0.1'
+            if has_tls; then
+                echo "listeners.ssl.1 = 127.0.0.1:$(port "$i" 1)"
+                printf 'ssl_options.%s\n' "cacertfile = $TLS_DIR/ca.pem" "certfile = $TLS_DIR/server.pem" \
+                    "keyfile = $TLS_DIR/server.key" "verify = verify_none" "fail_if_no_peer_cert = false"
+            else
+                echo 'listeners.ssl = none'
+            fi
+            # Created at the first boot instead of guest; the password stays in this file.
+            printf 'default_%s\n' "user = $BROKER_USER" "pass = $(password)" "vhost = $BROKER_VHOST" \
+                "permissions.configure = .*" "permissions.read = .*" "permissions.write = .*"
             if has_mgmt "$i"; then printf 'management.tcp.%s\n' "ip = 127.0.0.1" "port = $(port "$i" 2)"; fi
             echo 'cluster_formation.peer_discovery_backend = classic_config'
             # The node holding the formation lock forms the cluster when no peer has yet: it
             # must not retry 10 x 500 ms to join peers that wait for that lock.
             echo 'cluster_formation.discovery_retry_limit = 1'
             for ((j = 1; j <= N; j++)); do echo "cluster_formation.classic_config.nodes.$j = $(name "$j")"; done
-        } >"$d/rabbitmq.conf"
+        } >"$d/rabbitmq.conf.tmp" && chmod 600 "$d/rabbitmq.conf.tmp" && mv "$d/rabbitmq.conf.tmp" "$d/rabbitmq.conf"
     done
 }
 write_env_file() {
@@ -190,18 +234,22 @@ write_env_file() {
         proms+=${proms:+ }http://127.0.0.1:$(port "$i" 3)/metrics
     done
     v+=(BROKER_NODES "$N" RABBITMQ_NODENAME "$(name 1)" RABBITMQ_NODENAMES "$names"
-        RABBITMQ_AMQP_PORT "$(port 1 0)" RABBITMQ_PROMETHEUS_URLS "$proms")
+        RABBITMQ_AMQP_PORT "$(port 1 0)" RABBITMQ_PROMETHEUS_URLS "$proms" RABBITMQ_VHOST "$BROKER_VHOST")
+    if has_tls; then v+=(AMQPS_URL "$(all_urls tls_url)" AMQP_CA_FILE "$TLS_DIR/ca.pem"); fi
     if has_mgmt 1; then
         m=$(port 1 2) && v+=(RABBITMQ_MANAGEMENT_PORT "$m" RABBITMQ_MANAGEMENT_URL "http://127.0.0.1:$m/")
     fi
+    # The URLs carry the password: the file is for its owner only.
     { echo "# Written by rabbitmq/node.sh start; rabbitmqctl: use rabbitmq/node.sh ctl ..." &&
-        printf "export %s='%s'\n" "${v[@]}"; } >"$ENV_FILE.tmp" && mv "$ENV_FILE.tmp" "$ENV_FILE"
+        printf "export %s='%s'\n" "${v[@]}"; } >"$ENV_FILE.tmp" && chmod 600 "$ENV_FILE.tmp" &&
+        mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
 print_deployment() {
     local i
     for ((i = 1; i <= N; i++)); do say "node $i: $(name "$i")  $(url "$i")"; done
-    if has_mgmt 1; then say "management: http://127.0.0.1:$(port 1 2)/ (guest/guest)"; fi
-    say "AMQP_URL=$(all_urls)" && say "settings: . $ENV_FILE"
+    if has_mgmt 1; then say "management: http://127.0.0.1:$(port 1 2)/ (user $BROKER_USER, password in $CREDENTIALS)"; fi
+    if has_tls; then say "TLS: $(all_urls tls_url | sed 's/:[^:@]*@/:***@/g') (CA $TLS_DIR/ca.pem)"; fi
+    say "AMQP_URL=$(all_urls | sed 's/:[^:@]*@/:***@/g')" && say "settings (with the password): . $ENV_FILE"
 }
 
 # Starts node $1 detached (own session, the lock closed) in its directory; $! is the pid of
@@ -300,6 +348,12 @@ cmd_start() {
     check_version && lock
     ! legacy || die "rabbitmq/.node is from the old node.sh (node $(name 0)): \`rabbitmq/node.sh reset\`
 rabbitmq: stops that node and deletes its data"
+    if [ -d "$(ndir 1)/mnesia" ] && [ ! -s "$CREDENTIALS" ]; then
+        die "rabbitmq/.node was made before the broker had its own user: \`rabbitmq/node.sh reset\` first"
+    fi
+    if [ "${BROKER_TLS:-}" = 1 ] && ! has_tls && [ -d "$(ndir 1)/mnesia" ]; then
+        warn "BROKER_TLS=1: the nodes get their TLS listener now (their configuration is rewritten)"
+    fi
     local want rec i started=$SECONDS mgmt=""
     local -a todo=() all=()
     # Without BROKER_NODES, the deployment that exists (one node when there is none).

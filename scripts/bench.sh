@@ -19,7 +19,8 @@ done
 # the tool works, not how fast); a real run measures release binaries.
 if [ "$smoke" = 1 ]; then
   profile_dir=target/debug
-  cargo build --workspace --bins
+  # As scripts/test.sh builds it (bins and tests together): nothing to rebuild after it.
+  cargo build --workspace --all-targets
 else
   profile_dir=target/release
   cargo build --release --workspace --bins

@@ -3,13 +3,19 @@
 # local cluster, BROKER_NODES=3), starting it if it is down, and stop it on exit only in
 # that case (a broker someone else started, `make run`'s say, is left running). A stopped
 # deployment of another size is replaced: what these scripts keep there is disposable.
-# Exports AMQP_URL (every node's URL, comma-separated) and BROKER_NODES.
+# Exports AMQP_URL (every node's URL, comma-separated), BROKER_NODES and, since BROKER_TLS
+# is on here, AMQPS_URL and AMQP_CA_FILE.
 
+# The tests run a submit end to end over amqps: the nodes get their TLS listener.
+export BROKER_TLS=${BROKER_TLS:-1}
 broker_started_here=0
 if ! ./rabbitmq/node.sh status >/dev/null 2>&1; then
   recorded=$(cat rabbitmq/.node/nodes 2>/dev/null || true)
   if [ -n "${BROKER_NODES:-}" ] && [ -n "$recorded" ] && [ "$recorded" != "$BROKER_NODES" ]; then
     echo "replacing the stopped ${recorded}-node test broker with a ${BROKER_NODES}-node one"
+    ./rabbitmq/node.sh reset
+  elif [ -e rabbitmq/.node ] && [ ! -s rabbitmq/.node/credentials ]; then
+    echo "replacing a stopped test broker made by an older node.sh (no user of its own)"
     ./rabbitmq/node.sh reset
   fi
   ./rabbitmq/node.sh start
@@ -21,4 +27,4 @@ release_broker() {
 trap release_broker EXIT
 # shellcheck disable=SC1091
 . rabbitmq/.node/env
-export AMQP_URL BROKER_NODES
+export AMQP_URL BROKER_NODES AMQPS_URL AMQP_CA_FILE

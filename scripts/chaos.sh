@@ -18,8 +18,8 @@ for arg in "$@"; do
 done
 
 # The development build: the chaos measures correctness, not speed, and `make test`
-# builds the same binaries.
-cargo build --workspace --bins
+# builds the same binaries (bins and tests together, as scripts/test.sh does).
+cargo build --workspace --all-targets
 
 # shellcheck source=scripts/broker.sh
 . scripts/broker.sh

@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/broker.sh
 . scripts/broker.sh
 
-# One build profile for everything: the binaries the end-to-end tests start as child
-# processes (to SIGKILL them), the tests, and the benchmark tool's smoke run.
-cargo build --workspace --bins
+# One build for everything: the binaries the end-to-end tests start as child processes
+# (to SIGKILL them), the tests, the benchmark tool's smoke run and the chaos run. Binaries
+# and tests are built in one invocation so that the dev-dependencies' features unify once:
+# a later `cargo build --bins` alone would rebuild half the tree without them.
+cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
 
 # The benchmark tool, in its tiny smoke form: it checks that the tool works, not how fast.

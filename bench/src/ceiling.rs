@@ -440,7 +440,7 @@ async fn pooled_publish(
     let manager = deadpool_lapin::Manager::new(
         url,
         lapin::ConnectionProperties::default,
-        async_rs::Runtime::tokio().context("the tokio runtime for deadpool-lapin")?,
+        async_rs::Runtime::tokio_current(),
     );
     let pool = deadpool_lapin::Pool::builder(manager)
         .max_size(plan.publish_channels)

@@ -149,7 +149,8 @@ impl Harness {
         };
         let args = config.to_args();
         let program = self.config.bin_dir().join("imagejobs-ingress");
-        let env = [("JWT_SECRET", SECRET), ("RUST_LOG", "info")];
+        let mut env = config.broker.to_env();
+        env.extend([("JWT_SECRET", SECRET.into()), ("RUST_LOG", "info".into())]);
         let mut service = Service::spawn(
             name,
             &program,
@@ -196,6 +197,8 @@ impl Harness {
             ..ConsumerConfig::default()
         };
         let args = config.to_args();
+        let mut env = config.broker.to_env();
+        env.push(("RUST_LOG", "info".into()));
         let program = self.config.bin_dir().join("imagejobs-consumer");
         let mut services = Vec::with_capacity(n);
         for i in 1..=n {
@@ -203,7 +206,7 @@ impl Harness {
                 &format!("{name}-consumer{i}"),
                 &program,
                 &args,
-                &[("RUST_LOG", "info")],
+                &env,
                 &self.config.log_dir,
                 self.config.perf,
             )?);

@@ -43,6 +43,7 @@ use report::Report;
 
 fn main() -> ExitCode {
     let config = BenchConfig::parse();
+    imagejobs_core::tls::install_crypto();
     // The chaos run's own broker clients lose their node on purpose: errors only there.
     let quiet = if config.mode.is_some() {
         "error"

@@ -5,7 +5,9 @@ use std::time::Duration;
 use clap::Parser;
 use reqwest::Url;
 
-use imagejobs_core::config::{self, BrokerArgs};
+use std::path::PathBuf;
+
+use imagejobs_core::config::{self, BrokerArgs, ByteSize};
 
 /// `imagejobs-consumer`: pulls image jobs and drives them through the blob and worker
 /// services; run as many as you like.
@@ -56,6 +58,16 @@ pub struct ConsumerConfig {
     #[arg(long = "http-timeout-secs", env = "HTTP_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
     pub http_timeout: Duration,
 
+    /// Largest image a job may carry (bytes, or with a unit: 3MiB); a larger one is
+    /// dead-lettered. With the broker's own `max_message_size` at the same value (as the
+    /// private node has it), a consumer never holds more than PREFETCH × this.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value = "3145728")]
+    pub max_body_bytes: ByteSize,
+
+    /// CA certificates (PEM) to trust for `https://` services, besides the system's roots.
+    #[arg(long, env = "SERVICE_CA_FILE")]
+    pub service_ca_file: Option<PathBuf>,
+
     /// On SIGTERM, how long to let jobs in flight finish before returning the rest to the
     /// queue (s).
     #[arg(long = "drain-timeout-secs", env = "DRAIN_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
@@ -81,6 +93,8 @@ impl Default for ConsumerConfig {
             job_timeout: Duration::from_secs(300),
             http_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            max_body_bytes: ByteSize::mib(3),
+            service_ca_file: None,
         }
     }
 }
@@ -108,7 +122,12 @@ impl ConsumerConfig {
             self.http_timeout.as_secs().to_string(),
             "--drain-timeout-secs".into(),
             self.drain_timeout.as_secs().to_string(),
+            "--max-body-bytes".into(),
+            self.max_body_bytes.to_string(),
         ]);
+        if let Some(ca) = &self.service_ca_file {
+            out.extend(["--service-ca-file".into(), ca.display().to_string()]);
+        }
         out
     }
 }
@@ -120,7 +139,9 @@ mod tests {
     #[test]
     fn defaults_and_args_round_trip() {
         let url = imagejobs_core::config::DEFAULT_AMQP_URL;
-        let parsed = ConsumerConfig::parse_from(["x", "--amqp-url", url]);
+        let mut parsed = ConsumerConfig::parse_from(["x", "--amqp-url", url]);
+        // `make test` exports AMQP_CA_FILE for its TLS listener.
+        parsed.broker.amqp_ca_file = None;
         assert_eq!(parsed, ConsumerConfig::default());
         let custom = ConsumerConfig {
             prefetch: 7,
@@ -128,8 +149,13 @@ mod tests {
             job_timeout: Duration::from_secs(9),
             ..ConsumerConfig::default()
         };
-        let back =
-            ConsumerConfig::parse_from(std::iter::once("x".to_owned()).chain(custom.to_args()));
+        let mut back = ConsumerConfig::parse_from(
+            ["x", "--amqp-url", url]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(custom.to_args()),
+        );
+        back.broker.amqp_ca_file = None;
         assert_eq!(back, custom);
     }
 }

@@ -46,6 +46,9 @@ use subscription::Subscription;
 /// How long abandoned jobs get to return their deliveries after the drain timeout.
 const REQUEUE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the broker connection gets to close with its handshake at exit.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// A built consumer: connecting in the background, not consuming yet.
 pub struct Consumer {
     handler: Arc<Handler>,
@@ -63,17 +66,21 @@ impl Consumer {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let topology = Topology::new(&config.broker.topology);
-        let mut broker_config = BrokerConfig::new(
-            config.broker.amqp_url.clone(),
-            "imagejobs-consumer",
-            topology,
-        );
+        let mut broker_config =
+            BrokerConfig::new(config.broker.urls()?, "imagejobs-consumer", topology);
+        broker_config.tls_ca = config.broker.ca_pem()?;
         broker_config.channels = 4;
         let services = Services::new(
             &config.blob_service_url,
             &config.worker_service_url,
             config.http_timeout,
             usize::from(config.prefetch),
+            config
+                .service_ca_file
+                .as_deref()
+                .map(imagejobs_core::tls::read_pem)
+                .transpose()?
+                .as_deref(),
         )?;
         let broker_stop = CancellationToken::new();
         let broker = Broker::start(broker_config, broker_stop.clone());
@@ -90,6 +97,7 @@ impl Consumer {
                 job_timeout: config.job_timeout,
             },
             stats: Arc::default(),
+            max_body: config.max_body_bytes.as_usize(),
         });
         Ok(Consumer {
             handler,
@@ -161,6 +169,12 @@ impl Consumer {
         }
         drop(held);
         self.broker_stop.cancel();
+        if tokio::time::timeout(CLOSE_GRACE, broker.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker connection did not close in time");
+        }
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ use imagejobs_consumer::{Consumer, ConsumerConfig};
 async fn main() -> anyhow::Result<()> {
     imagejobs_core::telemetry::init_tracing();
     let config = ConsumerConfig::parse();
+    imagejobs_core::tls::install_crypto();
     let shutdown = imagejobs_core::shutdown::on_signal();
     Consumer::build(config, shutdown)
         .await?

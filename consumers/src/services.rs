@@ -139,18 +139,24 @@ pub struct Services {
 }
 
 impl Services {
+    /// `ca_pem`: a private CA to trust for `https://` services, besides the system's roots.
     pub fn new(
         blob_url: &reqwest::Url,
         worker_url: &reqwest::Url,
         timeout: Duration,
         pool: usize,
+        ca_pem: Option<&[u8]>,
     ) -> anyhow::Result<Self> {
-        let http = Client::builder()
+        imagejobs_core::tls::install_crypto();
+        let mut builder = Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5).min(timeout))
             .pool_max_idle_per_host(pool.max(8))
-            .tcp_nodelay(true)
-            .build()?;
+            .tcp_nodelay(true);
+        if let Some(pem) = ca_pem {
+            builder = builder.tls_certs_merge(reqwest::Certificate::from_pem_bundle(pem)?);
+        }
+        let http = builder.build()?;
         Ok(Services {
             http,
             blob_url: blob_url.as_str().trim_end_matches('/').to_owned(),

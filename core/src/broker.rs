@@ -44,6 +44,8 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     /// What a publish does while the broker blocks the connection (resource alarm).
     pub when_blocked: WhenBlocked,
+    /// CA certificates (PEM) trusted for `amqps://` nodes besides the system's roots.
+    pub tls_ca: Option<String>,
 }
 
 /// What a publish does while the broker blocks publishers (a memory or disk alarm):
@@ -69,6 +71,7 @@ impl BrokerConfig {
             publish_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             when_blocked: WhenBlocked::Wait,
+            tls_ca: None,
         }
     }
 }
@@ -220,6 +223,15 @@ impl Broker {
         self.live().is_some()
     }
 
+    /// Waits, after `shutdown` was cancelled, until the supervisor has closed the
+    /// connection with the broker's handshake. A process that exits before then drops a
+    /// socket that may still hold its last acks unread by the broker (an abortive close),
+    /// and the broker redelivers jobs that were done.
+    pub async fn stopped(&self) {
+        let mut rx = self.live.clone();
+        while rx.changed().await.is_ok() {}
+    }
+
     /// Why the broker blocks publishers on the current connection, while it does.
     pub fn blocked(&self) -> Option<String> {
         self.live().and_then(|l| l.blocked())
@@ -356,11 +368,30 @@ async fn supervise(
     tx.send_replace(None);
 }
 
+/// One connection to `url`: over TLS for `amqps://`, trusting `tls_ca` (PEM) besides the
+/// system's roots. The supervisor's, and that of tools that need a plain connection.
+pub async fn open(
+    url: &AmqpUrl,
+    tls_ca: Option<&str>,
+    props: ConnectionProperties,
+) -> Result<Connection, lapin::Error> {
+    if url.expose().starts_with("amqps:") {
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: tls_ca.map(str::to_owned),
+        };
+        let runtime = async_rs::Runtime::tokio_current();
+        Connection::connect_with_config(url.expose(), props, tls, runtime).await
+    } else {
+        Connection::connect(url.expose(), props).await
+    }
+}
+
 async fn connect(config: &BrokerConfig, url: &AmqpUrl) -> anyhow::Result<Arc<Live>> {
     use anyhow::Context;
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(config.connection_name.as_str()));
-    let connection = Connection::connect(url.expose(), props)
+    let connection = open(url, config.tls_ca.as_deref(), props)
         .await
         .context("connecting")?;
     let closed = CancellationToken::new();

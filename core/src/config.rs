@@ -3,6 +3,7 @@
 //! Nothing past this module converts a `u64` of milliseconds or re-parses a string.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,8 +18,18 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 #[derive(Args, Clone, Debug, PartialEq)]
 pub struct BrokerArgs {
     /// AMQP URL of the RabbitMQ node, or a comma-separated list of a cluster's nodes.
+    /// Give credentials in the environment or in AMQP_URL_FILE, not as this flag: `ps`
+    /// shows flags to everyone on the machine.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: AmqpUrls,
+
+    /// File holding AMQP_URL (one URL or a comma-separated list); wins over AMQP_URL.
+    #[arg(long, env = "AMQP_URL_FILE")]
+    pub amqp_url_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) to trust for `amqps://` nodes, beyond the system's roots.
+    #[arg(long, env = "AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub topology: TopologyArgs,
@@ -36,6 +47,8 @@ impl Default for BrokerArgs {
     fn default() -> Self {
         BrokerArgs {
             amqp_url: DEFAULT_AMQP_URL.parse().unwrap_or_default(),
+            amqp_url_file: None,
+            amqp_ca_file: None,
             topology: TopologyArgs::default(),
             events_group_max: 256,
             events_group_max_bytes: ByteSize::mib(1),
@@ -44,9 +57,51 @@ impl Default for BrokerArgs {
 }
 
 impl BrokerArgs {
-    /// The flags that give a child process these settings.
+    /// The nodes to connect to: AMQP_URL_FILE's list when it is set, else AMQP_URL.
+    pub fn urls(&self) -> anyhow::Result<AmqpUrls> {
+        use anyhow::Context;
+        match &self.amqp_url_file {
+            None => Ok(self.amqp_url.clone()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading AMQP_URL_FILE {}", path.display()))?;
+                text.trim()
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("AMQP_URL_FILE {}: {e}", path.display()))
+            }
+        }
+    }
+
+    /// The CA certificates of AMQP_CA_FILE, as PEM.
+    pub fn ca_pem(&self) -> anyhow::Result<Option<String>> {
+        use anyhow::Context;
+        self.amqp_ca_file
+            .as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading AMQP_CA_FILE {}", p.display()))
+            })
+            .transpose()
+    }
+
+    /// The environment that gives a child process the URL: credentials stay out of its
+    /// command line (see [`BrokerArgs::to_args`]).
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        vec![("AMQP_URL", self.amqp_url.to_string_exposed())]
+    }
+
+    /// The flags that give a child process these settings, all but the URL (pass
+    /// [`BrokerArgs::to_env`] along).
     pub fn to_args(&self) -> Vec<String> {
-        let mut out = vec!["--amqp-url".to_owned(), self.amqp_url.to_string_exposed()];
+        let mut out = Vec::new();
+        for (flag, path) in [
+            ("--amqp-url-file", &self.amqp_url_file),
+            ("--amqp-ca-file", &self.amqp_ca_file),
+        ] {
+            if let Some(p) = path {
+                out.extend([flag.to_owned(), p.display().to_string()]);
+            }
+        }
         out.extend(self.topology.to_args());
         out.extend([
             "--events-group-max".into(),
@@ -154,6 +209,16 @@ impl AmqpUrl {
         hostpath.split('/').next().unwrap_or_default().to_owned()
     }
 
+    /// The virtual host the URL names (`/` when it names none).
+    pub fn vhost(&self) -> String {
+        let rest = self.0.split_once("://").map_or(&self.0[..], |(_, r)| r);
+        let hostpath = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        match hostpath.split_once('/') {
+            Some((_, v)) if !v.is_empty() => v.replace("%2f", "/").replace("%2F", "/"),
+            _ => "/".into(),
+        }
+    }
+
     /// The same URL with host:port replaced by `authority`.
     pub fn with_authority(&self, authority: &str) -> AmqpUrl {
         let (scheme, rest) = self.0.split_once("://").unwrap_or(("amqp", &self.0));
@@ -208,7 +273,7 @@ impl FromStr for AmqpUrls {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let urls = s
-            .split(',')
+            .split(|c: char| c == ',' || c.is_whitespace())
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .map(AmqpUrl::from_str)
@@ -457,6 +522,29 @@ mod tests {
     }
 
     #[test]
+    fn the_url_file_wins_over_the_url() {
+        let path = std::env::temp_dir().join(format!("amqp-url-{}", uuid::Uuid::new_v4()));
+        std::fs::write(
+            &path,
+            "amqps://u:secret@h1:5671/v\namqps://u:secret@h2:5671/v\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["x", "--amqp-url-file", &path.display().to_string()]);
+        let urls = cli.broker.urls().unwrap();
+        assert_eq!(urls.0.len(), 2);
+        assert_eq!(urls.0[1].authority(), "h2:5671");
+        // Children get the file's name, never the password, on their command line.
+        let args = cli.broker.to_args().join(" ");
+        assert!(
+            !args.contains("secret") && args.contains("--amqp-url-file"),
+            "{args}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        let missing = Cli::parse_from(["x", "--amqp-url-file", "/nonexistent/amqp-url"]);
+        assert!(missing.broker.urls().is_err());
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
     }
@@ -493,6 +581,8 @@ mod tests {
             "amqp://u:pw@127.0.0.1:9/%2f"
         );
         assert!("".parse::<AmqpUrls>().is_err());
+        let lines: AmqpUrls = "amqp://u:pw@h1:1/v\namqps://u:pw@h2:2/v\n".parse().unwrap();
+        assert_eq!(lines.0.len(), 2);
         assert!("http://x".parse::<AmqpUrls>().is_err());
     }
 
@@ -500,9 +590,22 @@ mod tests {
     /// environment under `make test`, so it is given here).
     #[test]
     fn defaults_are_the_command_line_defaults() {
-        let cli = Cli::parse_from(["x", "--amqp-url", DEFAULT_AMQP_URL]);
+        let mut cli = Cli::parse_from(["x", "--amqp-url", DEFAULT_AMQP_URL]);
+        // `make test` exports AMQP_CA_FILE for its TLS listener.
+        cli.broker.amqp_ca_file = None;
         assert_eq!(cli.broker, BrokerArgs::default());
-        let back = Cli::parse_from(std::iter::once("x".to_owned()).chain(cli.broker.to_args()));
+        let args = cli.broker.to_args();
+        assert!(
+            !args.iter().any(|a| a.contains("guest")),
+            "no credentials in {args:?}"
+        );
+        let mut back = Cli::parse_from(
+            ["x", "--amqp-url", DEFAULT_AMQP_URL]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(args),
+        );
+        back.broker.amqp_ca_file = None;
         assert_eq!(back.broker, cli.broker, "to_args round-trips");
     }
 }

@@ -11,7 +11,8 @@
 //! - [`events`]: publishing status events and following the events stream.
 //! - [`config`]: settings shared by the binaries, parsed into domain types.
 //! - [`backoff`]: the jittered exponential backoff of every reconnect and resubscribe.
-//! - [`shutdown`], [`telemetry`]: signals and logging; [`sniff`]: image types by magic bytes.
+//! - [`shutdown`], [`telemetry`]: signals and logging; [`sniff`]: image types by magic bytes;
+//!   [`tls`]: the rustls provider and private CAs.
 
 pub mod backoff;
 pub mod broker;
@@ -23,4 +24,5 @@ pub mod shutdown;
 pub mod sniff;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;

@@ -101,8 +101,10 @@ pub async fn run(broker: BrokerArgs, command: DeadCommand) -> anyhow::Result<Exi
 /// A connection to the first node of the list that answers.
 async fn connect(broker: &BrokerArgs) -> anyhow::Result<Connection> {
     let mut last = None;
-    for url in &broker.amqp_url.0 {
-        match Connection::connect(url.expose(), ConnectionProperties::default()).await {
+    let ca = broker.ca_pem()?;
+    for url in &broker.urls()?.0 {
+        let props = ConnectionProperties::default();
+        match imagejobs_core::broker::open(url, ca.as_deref(), props).await {
             Ok(conn) => return Ok(conn),
             Err(e) => last = Some(anyhow::Error::from(e).context(format!("connecting to {url}"))),
         }

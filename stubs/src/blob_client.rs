@@ -38,12 +38,16 @@ struct StoredAnswer {
 }
 
 impl BlobClient {
-    pub(crate) fn new(base: Url) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+    /// `ca_pem`: a private CA to trust for an `https://` blob service.
+    pub(crate) fn new(base: Url, ca_pem: Option<&[u8]>) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(CALL_TIMEOUT)
-            .build()
-            .context("building the HTTP client")?;
+            .timeout(CALL_TIMEOUT);
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).context("SERVICE_CA_FILE")?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Self { http, base })
     }
 

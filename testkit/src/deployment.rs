@@ -32,7 +32,7 @@ pub async fn connect(urls: &AmqpUrls, name: &str) -> anyhow::Result<Connection> 
     let mut last = None;
     for url in &urls.0 {
         let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-        match Connection::connect(url.expose(), props).await {
+        match imagejobs_core::broker::open(url, None, props).await {
             Ok(conn) => return Ok(conn),
             Err(e) => last = Some(anyhow::Error::from(e).context(format!("connecting to {url}"))),
         }

@@ -11,7 +11,7 @@
 //! - [`events`]: a reader of the events stream over `imagejobs_core::events`.
 //! - [`proxy`]: a TCP proxy that cuts a broker node off and lets it back; [`nodes`]: the
 //!   broker's nodes through `rabbitmq/node.sh`.
-//! - [`poll`]: `eventually`, polling with a deadline.
+//! - [`poll`]: `eventually`, polling with a deadline; [`tls`]: certificates made at run time.
 //!
 //! ```no_run
 //! # async fn example() {
@@ -27,11 +27,13 @@
 
 pub mod deployment;
 pub mod events;
+pub mod keys;
 pub mod nodes;
 pub mod pipeline;
 pub mod poll;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -71,6 +73,7 @@ pub fn token_with(secret: &str, tenant: i64, client: i64) -> String {
 
 /// Logs of the code under test, captured per test (shown for failing tests).
 pub fn init_logs() {
+    imagejobs_core::tls::install_crypto();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
     let _ = tracing_subscriber::fmt()

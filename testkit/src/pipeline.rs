@@ -17,8 +17,8 @@ use imagejobs_core::config::Secret;
 use imagejobs_stubs::{StubConfig, Stubs};
 
 use crate::deployment::Deployment;
-use crate::poll::eventually;
-use crate::process::{bin, Service};
+use crate::poll::{eventually, try_eventually};
+use crate::process::{bin, free_port, Service};
 use crate::{init_logs, token, SECRET};
 
 /// Stubs as tests want them: no faults, real image work, a fixed seed.
@@ -96,9 +96,18 @@ impl Pipeline {
     }
 
     pub async fn ingress_with(&self, f: impl FnOnce(&mut IngressConfig)) -> TestIngress {
+        self.ingress_over(reqwest::Client::new(), f).await
+    }
+
+    /// An ingress that `http` talks to (one that trusts its certificate, for HTTPS).
+    pub async fn ingress_over(
+        &self,
+        http: reqwest::Client,
+        f: impl FnOnce(&mut IngressConfig),
+    ) -> TestIngress {
         let mut config = self.ingress_config();
         f(&mut config);
-        TestIngress::start(config, self.stop.child_token()).await
+        TestIngress::start_over(config, self.stop.child_token(), http).await
     }
 
     /// A consumer in this process.
@@ -112,15 +121,63 @@ impl Pipeline {
         TestConsumer::start(config, self.stop.child_token()).await
     }
 
+    /// An ingress as a child process of the built binary on a free port, ready; and its
+    /// base URL.
+    pub async fn child_ingress(&self, f: impl FnOnce(&mut IngressConfig)) -> (Service, String) {
+        let mut config = self.ingress_config();
+        config.port = free_port().expect("a free port");
+        f(&mut config);
+        let mut env = config.broker.to_env();
+        env.extend([
+            ("JWT_SECRET", SECRET.into()),
+            ("RUST_LOG", "info,lapin=warn".into()),
+        ]);
+        let dir = std::env::temp_dir().join(format!("imagejobs-{}", self.deployment.prefix));
+        let name = format!("ingress-{}", config.port);
+        let mut service = Service::spawn(
+            &name,
+            &bin("imagejobs-ingress"),
+            &config.to_args(),
+            &env,
+            &dir,
+            false,
+        )
+        .expect("the ingress starts");
+        let url = format!("http://127.0.0.1:{}", config.port);
+        let http = reqwest::Client::new();
+        let ready = format!("{url}/readyz");
+        try_eventually(
+            Duration::from_secs(30),
+            "the child ingress /readyz 200",
+            || {
+                let alive = service.check_running();
+                let (http, ready) = (http.clone(), ready.clone());
+                async move {
+                    alive?;
+                    Ok(match http.get(&ready).send().await {
+                        Ok(r) if r.status() == 200 => Some(()),
+                        _ => None,
+                    })
+                }
+            },
+        )
+        .await
+        .expect("the child ingress gets ready");
+        (service, url)
+    }
+
     /// A consumer as a child process of the built binary (to kill it for real).
     pub fn child_consumer(&self) -> Service {
-        let args = self.consumer_config().to_args();
+        let config = self.consumer_config();
+        let args = config.to_args();
+        let mut env = config.broker.to_env();
+        env.push(("RUST_LOG", "warn".into()));
         let dir = std::env::temp_dir().join(format!("imagejobs-{}", self.deployment.prefix));
         Service::spawn(
             "consumer",
             &bin("imagejobs-consumer"),
             &args,
-            &[("RUST_LOG", "warn")],
+            &env,
             &dir,
             false,
         )
@@ -162,18 +219,28 @@ pub struct TestIngress {
 
 impl TestIngress {
     pub async fn start(config: IngressConfig, shutdown: CancellationToken) -> TestIngress {
+        Self::start_over(config, shutdown, reqwest::Client::new()).await
+    }
+
+    /// [`TestIngress::start`], talking to it with `http`.
+    pub async fn start_over(
+        config: IngressConfig,
+        shutdown: CancellationToken,
+        http: reqwest::Client,
+    ) -> TestIngress {
         init_logs();
         let ingress = Ingress::build(config, shutdown.clone())
             .await
             .expect("ingress builds");
         let addr = ingress.local_addr();
+        let scheme = if ingress.is_tls() { "https" } else { "http" };
         let state = ingress.state();
         let task = tokio::spawn(ingress.run_until_stopped());
         let t = TestIngress {
             addr,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             state,
-            http: reqwest::Client::new(),
+            http,
             _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
             task,

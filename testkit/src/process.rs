@@ -37,7 +37,7 @@ impl Service {
         name: &str,
         program: &Path,
         args: &[String],
-        env: &[(&str, &str)],
+        env: &[(&str, String)],
         log_dir: &Path,
         perf: bool,
     ) -> anyhow::Result<Service> {

@@ -18,8 +18,10 @@ async fn every_queue_and_the_stream_replicate_to_every_node() {
     let topo = &p.deployment.topology;
     let mut quorum = vec![topo.work_queue(), topo.dead_queue()];
     quorum.extend(topo.retry_delays().iter().map(|d| topo.retry_queue(*d)));
+    let vhost = p.deployment.urls.0[0].vhost();
     for queue in &quorum {
-        let members = node_sh_json(&["queues", "-q", "quorum_status", queue]).await;
+        let members =
+            node_sh_json(&["queues", "-q", "quorum_status", queue, "--vhost", &vhost]).await;
         let members = members.as_array().expect("a list of members");
         assert_eq!(members.len(), nodes, "{queue}: {members:?}");
         assert_eq!(
@@ -31,7 +33,15 @@ async fn every_queue_and_the_stream_replicate_to_every_node() {
             "{queue} has one leader: {members:?}"
         );
     }
-    let stream = node_sh_json(&["streams", "-q", "stream_status", &topo.events_stream()]).await;
+    let stream = node_sh_json(&[
+        "streams",
+        "-q",
+        "stream_status",
+        &topo.events_stream(),
+        "--vhost",
+        &vhost,
+    ])
+    .await;
     let replicas = stream.as_array().expect("a list of replicas");
     assert_eq!(replicas.len(), nodes, "{replicas:?}");
     assert_eq!(

@@ -12,14 +12,17 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(150);
 
 pub struct Cluster {
     script: PathBuf,
+    /// The virtual host of the deployment's queues.
+    vhost: String,
     /// Nodes of the deployment, 1-based; whether each runs.
     up: Vec<bool>,
 }
 
 impl Cluster {
-    pub fn new(script: PathBuf, nodes: usize) -> Cluster {
+    pub fn new(script: PathBuf, nodes: usize, vhost: String) -> Cluster {
         Cluster {
             script,
+            vhost,
             up: vec![true; nodes.max(1)],
         }
     }
@@ -84,6 +87,8 @@ impl Cluster {
                     "ctl",
                     "-q",
                     "list_queues",
+                    "-p",
+                    &self.vhost,
                     "name",
                     "leader",
                     "--formatter",
@@ -137,6 +142,8 @@ impl Cluster {
                     "-q",
                     "quorum_status",
                     queue,
+                    "--vhost",
+                    &self.vhost,
                     "--formatter",
                     "json",
                 ],

@@ -87,11 +87,16 @@ impl Fleet {
         };
         self.restarts += 1;
         let name = format!("chaos-ingress{}-{}", i + 1, self.restarts);
+        let mut env = config.broker.to_env();
+        env.extend([
+            ("JWT_SECRET", SECRET.into()),
+            ("RUST_LOG", "info,lapin=warn".into()),
+        ]);
         let mut service = Service::spawn(
             &name,
             &self.bin_dir.join("imagejobs-ingress"),
             &config.to_args(),
-            &[("JWT_SECRET", SECRET), ("RUST_LOG", "info,lapin=warn")],
+            &env,
             &self.log_dir,
             false,
         )?;
@@ -133,11 +138,13 @@ impl Fleet {
     pub async fn start_consumer(&mut self, expect: u32) -> anyhow::Result<()> {
         self.started_consumers += 1;
         let name = format!("chaos-consumer{}", self.started_consumers);
+        let mut env = self.consumer_config.broker.to_env();
+        env.push(("RUST_LOG", "info,lapin=warn".into()));
         let service = Service::spawn(
             &name,
             &self.bin_dir.join("imagejobs-consumer"),
             &self.consumer_config.to_args(),
-            &[("RUST_LOG", "info,lapin=warn")],
+            &env,
             &self.log_dir,
             false,
         )?;

@@ -133,7 +133,8 @@ pub async fn run(
         consumer_config,
         http.clone(),
     );
-    let mut cluster = Cluster::new(args.node_script.clone(), nodes);
+    let vhost = urls.first().map_or_else(|| "/".to_owned(), |u| u.vhost());
+    let mut cluster = Cluster::new(args.node_script.clone(), nodes, vhost);
     let outcome = async {
         fleet
             .start_ingresses(2)
