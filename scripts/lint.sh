@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make lint`: formatting, clippy with warnings as errors, and shellcheck on every script.
-# shellcheck comes from Debian's packages when it is missing, as RabbitMQ does.
+# `make lint`: formatting, clippy with warnings as errors, the supply-chain checks of
+# deny.toml, and shellcheck on every script. shellcheck comes from Debian's packages when
+# it is missing, as RabbitMQ does; cargo-deny from crates.io (built once, a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,15 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+
+# Licenses, banned crates (OpenSSL among them) and sources. Not advisories: their
+# database is fetched from GitHub, which this machine cannot reach (see README).
+deny_version=0.20.2
+if [[ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]]; then
+    echo "lint: installing cargo-deny $deny_version (once)"
+    cargo install --locked --quiet cargo-deny --version "$deny_version"
+fi
+cargo deny --log-level warn check licenses bans sources
 
 apt_ensure shellcheck shellcheck
 mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
