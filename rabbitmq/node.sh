@@ -88,6 +88,8 @@ port() { echo $((BASE + ($1 - 1) * 10 + $2)); } # node, offset
 # The deployment's own user on its own vhost (no guest); the password is made once.
 BROKER_USER=imagejobs BROKER_VHOST=imagejobs CREDENTIALS=$SCRIPT_DIR/.node/credentials
 password() { cat "$CREDENTIALS" 2>/dev/null || true; }
+# URLs as printed: the password is in the env file, not on the terminal.
+masked() { sed 's/:[^:@/]*@/:***@/g'; }
 url() { printf 'amqp://%s:%s@127.0.0.1:%s/%s' "$BROKER_USER" "$(password)" "$(port "$1" 0)" "$BROKER_VHOST"; }
 tls_url() { printf 'amqps://%s:%s@localhost:%s/%s' "$BROKER_USER" "$(password)" "$(port "$1" 1)" "$BROKER_VHOST"; }
 all_urls() { local i s=""; for ((i = 1; i <= N; i++)); do s+=${s:+,}$(${1:-url} "$i"); done; echo "$s"; }
@@ -249,7 +251,7 @@ print_deployment() {
     for ((i = 1; i <= N; i++)); do say "node $i: $(name "$i")  $(url "$i")"; done
     if has_mgmt 1; then say "management: http://127.0.0.1:$(port 1 2)/ (user $BROKER_USER, password in $CREDENTIALS)"; fi
     if has_tls; then say "TLS: $(all_urls tls_url | sed 's/:[^:@]*@/:***@/g') (CA $TLS_DIR/ca.pem)"; fi
-    say "AMQP_URL=$(all_urls | sed 's/:[^:@]*@/:***@/g')" && say "settings (with the password): . $ENV_FILE"
+    say "AMQP_URL=$(all_urls | masked)" && say "settings (with the password): . $ENV_FILE"
 }
 
 # Starts node $1 detached (own session, the lock closed) in its directory; $! is the pid of
@@ -400,9 +402,9 @@ cmd_status() {
         if [ -n "${bg[i]}" ] && wait "${bg[i]}"; then p="is running"
         elif p=$(beam_pid "$i"); then p="does not answer (pid $p)" rc=1
         else p="is not running" rc=1; fi
-        say "node $i: $(name "$i") $p  $(url "$i")"
+        say "node $i: $(name "$i") $p  $(url "$i" | masked)"
     done
-    say "AMQP_URL=$(all_urls)" && return "$rc"
+    say "AMQP_URL=$(all_urls | masked)" && return "$rc"
 }
 cmd_reset() {
     if [ -d "$NODE_DIR" ]; then
