@@ -132,10 +132,12 @@ gone_within() { # seconds, pids
 }
 
 # Prints the pid in file $1 if it lives and its command line has $2; drops a stale file.
+# A stale or half-written file is left alone: the beam creates its pid file and then writes
+# it, and removing it in between (as this once did) left a starting node without one.
 read_pid() {
     local pid=""
     if [ -s "$1" ]; then read -r pid <"$1" || true; fi
-    if ! [[ $pid =~ ^[0-9]+$ ]] || ! alive "$pid"; then rm -f "$1" && return 1; fi
+    if ! [[ $pid =~ ^[0-9]+$ ]] || ! alive "$pid"; then return 1; fi
     [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"$2"* ]] && echo "$pid"
 }
 # The beam writes its pid (RABBITMQ_PID_FILE); launcher.pid is the rabbitmq-server script we
