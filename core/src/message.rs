@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
 use crate::ids::{ClientId, JobId, Md5, TenantId};
+use crate::trace::{TraceContext, TraceParent};
 
 /// Header names of job messages and of the messages the broker hands back.
 pub mod header {
@@ -32,6 +33,9 @@ pub mod header {
     pub const DEATH: &str = "x-death";
     /// The offset of a message in a stream (set by the broker on stream deliveries).
     pub const STREAM_OFFSET: &str = "x-stream-offset";
+    /// W3C trace context of the job (optional; see `crate::trace`).
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
 
     /// Whether the broker wrote `name` when it dead-lettered a message (`x-death`,
     /// `x-first-death-*`, `x-last-death-*`).
@@ -89,6 +93,16 @@ pub const HEADERS: &[HeaderRule] = &[
         name: header::DEATH,
         written_by: "broker (dead-lettering by itself)",
         read_by: "cli dead list; dropped by cli dead replay",
+    },
+    HeaderRule {
+        name: header::TRACEPARENT,
+        written_by: "ingress (the submit's trace or a new one), direct publishers",
+        read_by: "consumer (its span continues the trace; passed on to the services)",
+    },
+    HeaderRule {
+        name: header::TRACESTATE,
+        written_by: "ingress (as the submit sent it), direct publishers",
+        read_by: "consumer",
     },
     HeaderRule {
         name: header::STREAM_OFFSET,
@@ -169,6 +183,34 @@ fn header_str(value: &AMQPValue) -> Option<String> {
 /// Reads a string header (e.g. `x-error`).
 pub fn header_string(headers: &FieldTable, name: &str) -> Option<String> {
     headers.inner().get(name).and_then(header_str)
+}
+
+/// The trace a job message carries, continued by whoever handles it; `None` when it
+/// carries none or an invalid one.
+pub fn trace_of(props: &BasicProperties) -> Option<TraceContext> {
+    let headers = props.headers().as_ref()?;
+    let parent = header_string(headers, header::TRACEPARENT)?;
+    let parent = TraceParent::parse(&parent)?;
+    Some(TraceContext {
+        parent,
+        state: header_string(headers, header::TRACESTATE),
+    })
+}
+
+/// `props` with the trace's `traceparent` (and `tracestate`) headers set.
+pub fn with_trace(props: BasicProperties, trace: &TraceContext) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        header::TRACEPARENT.into(),
+        AMQPValue::LongString(LongString::from(trace.parent.to_string())),
+    );
+    if let Some(state) = &trace.state {
+        headers.insert(
+            header::TRACESTATE.into(),
+            AMQPValue::LongString(LongString::from(state.as_str())),
+        );
+    }
+    props.with_headers(headers)
 }
 
 /// How often the broker has delivered this message before (quorum queues count it).
