@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,6 +23,7 @@ use crate::auth::{self, TokenKey, Verifier};
 use crate::http::{self, AppState, Shared};
 use crate::idempotency::IdempotencyCache;
 use crate::index::{self, JobIndex};
+use crate::metrics::IngressMetrics;
 use crate::outbox::Outbox;
 use crate::ratelimit::TenantLimiter;
 
@@ -279,10 +281,12 @@ impl Ingress {
         let broker = Broker::start(broker_config, broker_stop.clone());
         let events = EventSink::with_limits(broker.clone(), config.broker.group_limits());
         let index = JobIndex::new();
+        let metrics = Arc::new(IngressMetrics::new());
         tokio::spawn(index::follow::follow(
             Feed::new(broker.clone(), Start::First),
             events.clone(),
             index.clone(),
+            metrics.clone(),
             config.broker.topology.events_max_age.duration(),
             broker_stop.clone(),
         ));
@@ -296,6 +300,7 @@ impl Ingress {
             idempotency: IdempotencyCache::new(Duration::from_secs(24 * 3600), 1_000_000),
             index,
             outbox: Outbox::start(events, OUTBOX_CAPACITY, broker_stop.clone()),
+            metrics,
         });
         Ok(Ingress {
             listener,
@@ -338,10 +343,16 @@ impl Ingress {
             shutdown,
             broker_guard,
         } = self;
-        let router = http::router(state).layer(axum::middleware::from_fn_with_state(
-            in_flight,
-            InFlight::limit,
-        ));
+        let metrics = state.metrics.clone();
+        let router = http::router(state)
+            .layer(axum::middleware::from_fn_with_state(
+                in_flight,
+                InFlight::limit,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                metrics,
+                IngressMetrics::track,
+            ));
         let served = imagejobs_serve::serve(listener, tls, router, limits, shutdown)
             .await
             .context("serving HTTP");

@@ -7,6 +7,7 @@
 //!   submits.
 //! - [`index`]: the job index and the follower that feeds it from the events stream;
 //!   [`outbox`]: QUEUED events that still have to reach the stream.
+//! - [`metrics`]: the Prometheus metrics of `GET /metrics`.
 //! - [`cli`]: the `imagejobs` command.
 //!
 //! What the consumer shares with the ingress (wire types, topology, broker connection,
@@ -18,5 +19,6 @@ pub mod http;
 pub mod idempotency;
 pub mod index;
 pub mod ingress;
+pub mod metrics;
 pub mod outbox;
 pub mod ratelimit;

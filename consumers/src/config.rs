@@ -72,6 +72,11 @@ pub struct ConsumerConfig {
     /// queue (s).
     #[arg(long = "drain-timeout-secs", env = "DRAIN_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
     pub drain_timeout: Duration,
+
+    /// Serve Prometheus metrics on this port (`GET /metrics`, all interfaces); `0` picks a
+    /// free port and logs it. Off when unset.
+    #[arg(long, env = "METRICS_PORT")]
+    pub metrics_port: Option<u16>,
 }
 
 /// A URL of the defaults below: literals, checked by the test that parses the defaults.
@@ -95,6 +100,7 @@ impl Default for ConsumerConfig {
             drain_timeout: Duration::from_secs(30),
             max_body_bytes: ByteSize::mib(3),
             service_ca_file: None,
+            metrics_port: None,
         }
     }
 }
@@ -127,6 +133,9 @@ impl ConsumerConfig {
         ]);
         if let Some(ca) = &self.service_ca_file {
             out.extend(["--service-ca-file".into(), ca.display().to_string()]);
+        }
+        if let Some(port) = self.metrics_port {
+            out.extend(["--metrics-port".into(), port.to_string()]);
         }
         out
     }

@@ -20,9 +20,13 @@ use tracing::Instrument;
 
 use imagejobs_core::broker::{Broker, PublishError};
 use imagejobs_core::events::EventSink;
-use imagejobs_core::message::{copied_headers, delivery_count, header, JobMessage, JobMeta};
+use imagejobs_core::message::{
+    copied_headers, delivery_count, header, trace_of, JobMessage, JobMeta,
+};
 use imagejobs_core::status::{Status, StatusEvent};
+use imagejobs_core::trace::TraceContext;
 
+use crate::metrics::{ConsumerMetrics, DeadReason, Stage};
 use crate::outcome::{self, Copy, Mark, Outcome, Route, Settlement, Then};
 use crate::pipeline::Pipeline;
 
@@ -41,6 +45,7 @@ pub struct Handler {
     pub events: EventSink,
     pub pipeline: Pipeline,
     pub stats: Arc<Stats>,
+    pub metrics: Arc<ConsumerMetrics>,
     /// Largest image a job may carry (`MAX_BODY_BYTES`).
     pub max_body: usize,
 }
@@ -53,20 +58,44 @@ impl Handler {
             properties,
             data,
             acker,
+            redelivered,
             ..
         } = delivery;
+        let _in_flight = self.metrics.delivered(redelivered);
         let body = Bytes::from(data);
+        // The submit's trace, or a new one for a direct publish that carries none.
+        let trace = trace_of(&properties)
+            .map(|t| t.child())
+            .unwrap_or_else(|| TraceContext::continue_or_start(None, None));
         let span = tracing::info_span!(
             "job",
-            message_id = properties
+            trace_id = %trace.parent.trace_hex(),
+            job_id = properties
                 .message_id()
                 .as_ref()
                 .map(|m| m.as_str())
                 .unwrap_or("-"),
+            tenant_id = header_int(&properties, header::TENANT_ID),
         );
+        imagejobs_core::telemetry::link(&span, &trace.parent);
         let then = async {
-            let settlement = self.decide(&properties, body.clone(), abandon).await;
-            self.carry_out(&properties, &body, settlement).await
+            let (settlement, dead) = self
+                .decide(&properties, body.clone(), abandon, &trace)
+                .await;
+            let status = settlement.event.as_ref().map(|e| e.status.clone());
+            let delayed = matches!(
+                settlement.copy,
+                Some(Copy {
+                    route: Route::Retry(_),
+                    ..
+                })
+            );
+            let then = self.carry_out(&properties, &body, settlement).await;
+            if then == Then::Ack {
+                self.metrics.settled(status.as_deref(), dead, delayed);
+                tracing::info!(status = status.as_deref().unwrap_or("-"), "job settled");
+            }
+            then
         }
         .instrument(span)
         .await;
@@ -97,7 +126,8 @@ impl Handler {
         props: &BasicProperties,
         body: Bytes,
         abandon: &CancellationToken,
-    ) -> Settlement {
+        trace: &TraceContext,
+    ) -> (Settlement, Option<DeadReason>) {
         let delays = self.broker.topology().retry_delays();
         if body.len() > self.max_body {
             let why = format!(
@@ -106,18 +136,13 @@ impl Handler {
                 self.max_body
             );
             let meta = JobMeta::parse(props).ok();
-            return outcome::settle(
-                meta.as_ref(),
-                Outcome::Invalid(why),
-                delays,
-                SystemTime::now(),
-            );
+            return settled(meta.as_ref(), Outcome::Invalid(why), delays);
         }
         let job = match JobMessage::validate(props, body) {
             Ok(job) => job,
             Err((why, meta)) => {
                 let outcome = Outcome::Invalid(why.to_string());
-                return outcome::settle(meta.as_deref(), outcome, delays, SystemTime::now());
+                return settled(meta.as_deref(), outcome, delays);
             }
         };
         let meta = &job.meta;
@@ -127,17 +152,17 @@ impl Handler {
             let outcome = Outcome::DeliveryLimit {
                 deliveries: redeliveries + 1,
             };
-            return outcome::settle(Some(meta), outcome, delays, SystemTime::now());
+            return settled(Some(meta), outcome, delays);
         }
         // RUNNING is informative: it goes out first, and its confirm is awaited alongside
         // the work rather than before it; if it is lost the index moves on with the outcome.
         let running = StatusEvent::new(meta, Status::Running);
         let running = self.events.publish(&running);
-        let (running, outcome) = tokio::join!(running, self.pipeline.run(&job, abandon));
+        let (running, outcome) = tokio::join!(running, self.pipeline.run(&job, abandon, trace));
         if let Err(e) = running {
             tracing::debug!(job_id = %meta.id, error = %e, "RUNNING event not confirmed");
         }
-        outcome::settle(Some(meta), outcome, delays, SystemTime::now())
+        settled(Some(meta), outcome, delays)
     }
 
     /// Publishes the copy, then the event, each with its confirm; `Requeue` when either
@@ -152,7 +177,10 @@ impl Handler {
             }
         }
         if let Some(event) = &s.event {
-            if let Err(e) = self.events.publish(event).await {
+            let started = std::time::Instant::now();
+            let published = self.events.publish(event).await;
+            self.metrics.stage(Stage::Event, started);
+            if let Err(e) = published {
                 tracing::warn!(?job_id, error = %e, "could not record the job's outcome; returning it to the queue");
                 return Then::Requeue;
             }
@@ -182,6 +210,40 @@ impl Handler {
         self.broker
             .publish(&exchange, &key, body, props.clone().with_headers(headers))
             .await
+    }
+}
+
+/// The settlement of `outcome`, and why it dead-letters the job when it does.
+fn settled(
+    job: Option<&JobMeta>,
+    outcome: Outcome,
+    delays: &[std::time::Duration],
+) -> (Settlement, Option<DeadReason>) {
+    let reason = match &outcome {
+        Outcome::Invalid(_) => Some(DeadReason::Invalid),
+        Outcome::Permanent(_) => Some(DeadReason::Permanent),
+        Outcome::Transient(_) => Some(DeadReason::Exhausted),
+        Outcome::DeliveryLimit { .. } => Some(DeadReason::DeliveryLimit),
+        _ => None,
+    };
+    let s = outcome::settle(job, outcome, delays, SystemTime::now());
+    let dead = matches!(
+        s.copy,
+        Some(Copy {
+            route: Route::DeadLetter,
+            ..
+        })
+    );
+    (s, reason.filter(|_| dead))
+}
+
+/// An integer header for the span (`tracing` records `None` as absent).
+fn header_int(props: &BasicProperties, name: &str) -> Option<i64> {
+    match props.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        _ => None,
     }
 }
 

@@ -17,6 +17,7 @@
 
 pub mod config;
 mod delivery;
+pub mod metrics;
 pub mod outcome;
 mod pipeline;
 pub mod retry;
@@ -26,6 +27,7 @@ mod subscription;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,6 +40,7 @@ use imagejobs_core::topology::Topology;
 pub use config::ConsumerConfig;
 use delivery::Handler;
 pub use delivery::Stats;
+use metrics::ConsumerMetrics;
 use pipeline::Pipeline;
 use retry::RetryPolicy;
 use services::Services;
@@ -58,6 +61,8 @@ pub struct Consumer {
     /// Stops the broker connection; cancelled only after the drain, since the acks of
     /// finishing jobs travel on it.
     broker_stop: CancellationToken,
+    /// Where `GET /metrics` is served (METRICS_PORT), when it is.
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Consumer {
@@ -84,6 +89,18 @@ impl Consumer {
         )?;
         let broker_stop = CancellationToken::new();
         let broker = Broker::start(broker_config, broker_stop.clone());
+        let metrics = Arc::new(ConsumerMetrics::new());
+        let metrics_addr = match config.metrics_port {
+            None => None,
+            Some(port) => {
+                let (m, b) = (metrics.clone(), broker.clone());
+                let render = Arc::new(move || m.render(&b));
+                let addr = imagejobs_core::metrics::listen(port, render, broker_stop.clone())
+                    .await
+                    .with_context(|| format!("binding METRICS_PORT {port}"))?;
+                Some(addr)
+            }
+        };
         let handler = Arc::new(Handler {
             events: EventSink::with_limits(broker.clone(), config.broker.group_limits()),
             broker,
@@ -95,17 +112,25 @@ impl Consumer {
                     max_delay: config.retry_max_delay,
                 },
                 job_timeout: config.job_timeout,
+                metrics: metrics.clone(),
             },
             stats: Arc::default(),
+            metrics,
             max_body: config.max_body_bytes.as_usize(),
         });
         Ok(Consumer {
             handler,
+            metrics_addr,
             prefetch: config.prefetch,
             drain_timeout: config.drain_timeout,
             shutdown,
             broker_stop,
         })
+    }
+
+    /// The address of the metrics listener, when METRICS_PORT is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// Counters of this consumer (acked, requeued).

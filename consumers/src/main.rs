@@ -9,8 +9,10 @@ async fn main() -> anyhow::Result<()> {
     let config = ConsumerConfig::parse();
     imagejobs_core::tls::install_crypto();
     let shutdown = imagejobs_core::shutdown::on_signal();
-    Consumer::build(config, shutdown)
+    let consumed = Consumer::build(config, shutdown)
         .await?
         .run_until_stopped()
-        .await
+        .await;
+    imagejobs_core::telemetry::flush();
+    consumed
 }

@@ -2,16 +2,20 @@
 //! Every call goes through the in-process retry tier; what still fails becomes an
 //! [`Outcome`] for `outcome::settle`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
 use imagejobs_core::message::JobMessage;
+use imagejobs_core::trace::TraceContext;
 
+use crate::metrics::{ConsumerMetrics, Stage};
 use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
-use crate::services::{CallError, Services, WorkerRequest, WorkerState, WorkerStatus};
+use crate::services::{CallError, Services, Submitted, WorkerRequest, WorkerState, WorkerStatus};
 
 /// The services and the limits of an attempt.
 pub struct Pipeline {
@@ -19,6 +23,7 @@ pub struct Pipeline {
     pub retry: RetryPolicy,
     /// How long a worker job may run before the attempt counts as failed (transient).
     pub job_timeout: Duration,
+    pub metrics: Arc<ConsumerMetrics>,
 }
 
 impl From<CallError> for Outcome {
@@ -32,14 +37,19 @@ impl From<CallError> for Outcome {
 
 impl Pipeline {
     /// Runs one attempt of `job`; `abandon` ends it early with [`Outcome::Abandoned`].
-    pub async fn run(&self, job: &JobMessage, abandon: &CancellationToken) -> Outcome {
+    pub async fn run(
+        &self,
+        job: &JobMessage,
+        abandon: &CancellationToken,
+        trace: &TraceContext,
+    ) -> Outcome {
         tokio::select! {
             _ = abandon.cancelled() => Outcome::Abandoned,
-            r = self.attempt(job) => r.unwrap_or_else(Outcome::from),
+            r = self.attempt(job, trace) => r.unwrap_or_else(Outcome::from),
         }
     }
 
-    async fn attempt(&self, job: &JobMessage) -> Result<Outcome, CallError> {
+    async fn attempt(&self, job: &JobMessage, trace: &TraceContext) -> Result<Outcome, CallError> {
         let meta = &job.meta;
         let content_type = meta
             .content_type
@@ -48,12 +58,15 @@ impl Pipeline {
         let location = match &meta.payload_location {
             Some(loc) => loc.clone(),
             None => {
-                self.retry
-                    .run(|| {
+                let started = std::time::Instant::now();
+                let put = self
+                    .call(|| {
                         self.services
-                            .put_blob(meta.id, job.body.clone(), content_type)
+                            .put_blob(meta.id, job.body.clone(), content_type, trace)
                     })
-                    .await?
+                    .await;
+                self.metrics.stage(Stage::Blob, started);
+                put?
             }
         };
         let request = WorkerRequest {
@@ -64,9 +77,25 @@ impl Pipeline {
             md5: meta.md5,
             mime_type: meta.content_type.as_deref(),
         };
-        let submitted = self.retry.run(|| self.services.submit(&request)).await?;
+        let started = std::time::Instant::now();
+        let submitted = self.call(|| self.services.submit(&request, trace)).await;
+        self.metrics.stage(Stage::WorkerSubmit, started);
+        let submitted = submitted?;
+        let started = std::time::Instant::now();
+        let ended = self.follow(submitted, &location, trace).await;
+        self.metrics.stage(Stage::WorkerRun, started);
+        ended
+    }
+
+    /// Follows the worker's job from its answer to the submit until it ends.
+    async fn follow(
+        &self,
+        submitted: Submitted,
+        location: &str,
+        trace: &TraceContext,
+    ) -> Result<Outcome, CallError> {
         if let Some(result) = submitted.result {
-            return Ok(finished(result, &location));
+            return Ok(finished(result, location));
         }
         let deadline = Instant::now() + self.job_timeout;
         let mut polls = 0;
@@ -81,13 +110,31 @@ impl Pipeline {
             sleep(wait).await;
             polls += 1;
             let status = self
-                .retry
-                .run(|| self.services.status(&submitted.worker_id))
+                .call(|| self.services.status(&submitted.worker_id, trace))
                 .await?;
             if status.state != WorkerState::Running {
-                return Ok(finished(status, &location));
+                return Ok(finished(status, location));
             }
         }
+    }
+
+    /// One service call through the in-process retry tier, its retries counted.
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        let tries = AtomicU64::new(0);
+        let result = self
+            .retry
+            .run(|| {
+                tries.fetch_add(1, Ordering::Relaxed);
+                call()
+            })
+            .await;
+        self.metrics
+            .call_retries(tries.load(Ordering::Relaxed).saturating_sub(1));
+        result
     }
 }
 

@@ -10,6 +10,10 @@ use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use imagejobs_core::ids::{JobId, Md5};
+use imagejobs_core::trace::TraceContext;
+
+/// The W3C header every call carries (DESIGN §4).
+const TRACEPARENT: &str = "traceparent";
 
 /// How a failed call should be treated (DESIGN §5).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -190,11 +194,13 @@ impl Services {
         id: JobId,
         body: Bytes,
         content_type: &str,
+        trace: &TraceContext,
     ) -> Result<String, CallError> {
         let what = "blob upload";
         let resp = self
             .http
             .put(format!("{}/blob/{id}", self.blob_url))
+            .header(TRACEPARENT, trace.child().parent.to_string())
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
             .send()
@@ -204,11 +210,16 @@ impl Services {
     }
 
     /// `POST {worker}/job`.
-    pub async fn submit(&self, req: &WorkerRequest<'_>) -> Result<Submitted, CallError> {
+    pub async fn submit(
+        &self,
+        req: &WorkerRequest<'_>,
+        trace: &TraceContext,
+    ) -> Result<Submitted, CallError> {
         let what = "worker submit";
         let resp = self
             .http
             .post(format!("{}/job", self.worker_url))
+            .header(TRACEPARENT, trace.child().parent.to_string())
             .json(req)
             .send()
             .await
@@ -231,11 +242,16 @@ impl Services {
     }
 
     /// `GET {worker}/job/{worker_id}/status`.
-    pub async fn status(&self, worker_id: &str) -> Result<WorkerStatus, CallError> {
+    pub async fn status(
+        &self,
+        worker_id: &str,
+        trace: &TraceContext,
+    ) -> Result<WorkerStatus, CallError> {
         let what = "worker status";
         let resp = self
             .http
             .get(format!("{}/job/{worker_id}/status", self.worker_url))
+            .header(TRACEPARENT, trace.child().parent.to_string())
             .send()
             .await
             .map_err(|e| CallError::from_reqwest(what, e))?;

@@ -11,6 +11,7 @@
 //! awaits the confirm after handing the channel back, so many publishes are in flight on
 //! each channel and concurrent callers never queue behind one another's confirms.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,6 +184,8 @@ impl managed::Manager for ChannelManager {
 pub struct Broker {
     config: Arc<BrokerConfig>,
     live: watch::Receiver<Option<Arc<Live>>>,
+    /// Connections the supervisor has made (for metrics: more than one means reconnects).
+    connections: Arc<AtomicU64>,
 }
 
 impl Broker {
@@ -192,8 +195,18 @@ impl Broker {
     pub fn start(config: BrokerConfig, shutdown: CancellationToken) -> Broker {
         let config = Arc::new(config);
         let (tx, rx) = watch::channel(None);
-        tokio::spawn(supervise(config.clone(), tx, shutdown));
-        Broker { config, live: rx }
+        let connections = Arc::new(AtomicU64::new(0));
+        tokio::spawn(supervise(config.clone(), tx, connections.clone(), shutdown));
+        Broker {
+            config,
+            live: rx,
+            connections,
+        }
+    }
+
+    /// How many connections the supervisor has made so far.
+    pub fn connections_made(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     pub fn topology(&self) -> &Topology {
@@ -308,6 +321,7 @@ impl Broker {
 async fn supervise(
     config: Arc<BrokerConfig>,
     tx: watch::Sender<Option<Arc<Live>>>,
+    connections: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
     // After every node of the list failed once, wait; never longer than a second, since a
@@ -332,6 +346,7 @@ async fn supervise(
                 tracing::info!(name = %config.connection_name, node = %url, "connected to the broker");
                 backoff.reset();
                 failed_in_round = 0;
+                connections.fetch_add(1, Ordering::Relaxed);
                 tx.send_replace(Some(live.clone()));
                 tokio::select! {
                     _ = shutdown.cancelled() => {

@@ -11,6 +11,8 @@
 //! - [`events`]: publishing status events and following the events stream.
 //! - [`config`]: settings shared by the binaries, parsed into domain types.
 //! - [`backoff`]: the jittered exponential backoff of every reconnect and resubscribe.
+//! - [`metrics`]: Prometheus metrics and the consumer's listener; [`trace`]: W3C trace
+//!   context, one trace per job.
 //! - [`shutdown`], [`telemetry`]: signals and logging; [`sniff`]: image types by magic bytes;
 //!   [`tls`]: the rustls provider and private CAs.
 
@@ -20,9 +22,11 @@ pub mod config;
 pub mod events;
 pub mod ids;
 pub mod message;
+pub mod metrics;
 pub mod shutdown;
 pub mod sniff;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod topology;
+pub mod trace;

@@ -211,6 +211,10 @@ impl InFlight {
     }
 }
 
+/// Marks a response as the [`InFlight`] cap's 503 (for the caller's metrics).
+#[derive(Clone, Copy, Debug)]
+pub struct Overloaded;
+
 fn overloaded() -> Response {
     let body = axum::Json(serde_json::json!({
         "error": "service unavailable",
@@ -218,6 +222,7 @@ fn overloaded() -> Response {
         "details": "too many requests in flight; retry later",
     }));
     let mut resp = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    resp.extensions_mut().insert(Overloaded);
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     resp

@@ -11,5 +11,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = imagejobs_core::shutdown::on_signal();
     let ingress = Ingress::build(config, shutdown).await?;
     tracing::info!(addr = %ingress.local_addr(), "ingress listening");
-    ingress.run_until_stopped().await
+    let served = ingress.run_until_stopped().await;
+    imagejobs_core::telemetry::flush();
+    served
 }

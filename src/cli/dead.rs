@@ -99,7 +99,7 @@ pub async fn run(broker: BrokerArgs, command: DeadCommand) -> anyhow::Result<Exi
 }
 
 /// A connection to the first node of the list that answers.
-async fn connect(broker: &BrokerArgs) -> anyhow::Result<Connection> {
+pub(super) async fn connect(broker: &BrokerArgs) -> anyhow::Result<Connection> {
     let mut last = None;
     let ca = broker.ca_pem()?;
     for url in &broker.urls()?.0 {

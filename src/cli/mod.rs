@@ -1,8 +1,9 @@
-//! The `imagejobs` command-line client: dev tokens, submitting files, job status, and the
-//! dead-letter queue.
+//! The `imagejobs` command-line client: dev tokens, submitting files, job status, the
+//! dead-letter queue, and `top`.
 
 mod dead;
 mod submit;
+mod top;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -47,6 +48,8 @@ pub enum Command {
         #[command(subcommand)]
         command: dead::DeadCommand,
     },
+    /// Watch queue depths, rates, jobs in flight and recent failures, until Ctrl-C.
+    Top(top::TopArgs),
     /// Print the RabbitMQ definitions (exchanges, queues, bindings) for the settings given.
     Definitions {
         #[command(flatten)]
@@ -176,6 +179,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Dead { broker, command } => dead::run(broker, command).await,
+        Command::Top(args) => top::run(args).await,
         Command::Definitions { topology } => {
             let json = Topology::new(&topology).definitions_json();
             println!("{}", serde_json::to_string_pretty(&json)?);

@@ -36,7 +36,34 @@ pub enum ApiError {
     Unavailable {
         details: String,
         retry_after_secs: u64,
+        reason: Rejected,
     },
+}
+
+/// Why a request was turned away with 429 or 503: a label of
+/// `imagejobs_rejections_total`, carried on the response as an extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    RateLimited,
+    QueueFull,
+    Unroutable,
+    BrokerBlocked,
+    BrokerUnavailable,
+    /// The cap on requests in flight (`MAX_IN_FLIGHT`).
+    InFlight,
+}
+
+impl Rejected {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::RateLimited => "rate_limited",
+            Rejected::QueueFull => "queue_full",
+            Rejected::Unroutable => "unroutable",
+            Rejected::BrokerBlocked => "broker_blocked",
+            Rejected::BrokerUnavailable => "broker_unavailable",
+            Rejected::InFlight => "in_flight",
+        }
+    }
 }
 
 impl ApiError {
@@ -98,9 +125,16 @@ impl From<&PublishError> for ApiError {
             }
             _ => "the broker is unavailable; retry later",
         };
+        let reason = match e {
+            PublishError::Nack => Rejected::QueueFull,
+            PublishError::Returned(_) => Rejected::Unroutable,
+            PublishError::Blocked(_) => Rejected::BrokerBlocked,
+            _ => Rejected::BrokerUnavailable,
+        };
         ApiError::Unavailable {
             details: details.into(),
             retry_after_secs: 1,
+            reason,
         }
     }
 }
@@ -111,10 +145,18 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": self.to_string(), "code": status.as_u16(), "details": self.details() });
         let mut resp = (status, Json(body)).into_response();
         let retry_after = match &self {
-            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::RateLimited { retry_after_secs } => {
+                resp.extensions_mut().insert(Rejected::RateLimited);
+                Some(*retry_after_secs)
+            }
             ApiError::Unavailable {
-                retry_after_secs, ..
-            } => Some(*retry_after_secs),
+                retry_after_secs,
+                reason,
+                ..
+            } => {
+                resp.extensions_mut().insert(*reason);
+                Some(*retry_after_secs)
+            }
             _ => None,
         };
         if let Some(secs) = retry_after {

@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ping", get(|| async { "pong" }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(crate::metrics::scrape))
         .route("/api/v1/job", submit_route)
         .route("/api/v1/job/{id}", get(jobs::job))
         .route("/api/v1/job/{id}/status", get(jobs::status))

@@ -4,13 +4,15 @@ use std::sync::Arc;
 
 use imagejobs_core::broker::{Broker, PublishError};
 use imagejobs_core::events::EventSink;
-use imagejobs_core::message::JobMeta;
+use imagejobs_core::message::{with_trace, JobMeta};
 use imagejobs_core::status::{Status, StatusEvent};
 use imagejobs_core::topology::SUBMIT_KEY;
+use imagejobs_core::trace::TraceContext;
 
 use crate::auth::Verifier;
 use crate::idempotency::IdempotencyCache;
 use crate::index::JobIndex;
+use crate::metrics::IngressMetrics;
 use crate::outbox::Outbox;
 use crate::ratelimit::TenantLimiter;
 
@@ -30,6 +32,7 @@ pub struct Shared {
     pub idempotency: IdempotencyCache,
     pub index: JobIndex,
     pub outbox: Outbox,
+    pub metrics: Arc<IngressMetrics>,
 }
 
 impl std::ops::Deref for AppState {
@@ -47,24 +50,36 @@ impl AppState {
     /// Publishes a job, then its QUEUED event. `Ok` means the broker confirmed the job into
     /// the durable work queue and the QUEUED event is confirmed into the stream or kept in
     /// the outbox until it is (so that every replica learns of the job).
-    pub async fn enqueue(&self, meta: &JobMeta, body: &[u8]) -> Result<(), PublishError> {
+    pub async fn enqueue(
+        &self,
+        meta: &JobMeta,
+        body: &[u8],
+        trace: &TraceContext,
+    ) -> Result<(), PublishError> {
         let topo = self.broker.topology();
+        let started = std::time::Instant::now();
         self.broker
             .publish(
                 &topo.jobs_exchange(),
                 SUBMIT_KEY,
                 body,
-                meta.to_properties(),
+                with_trace(meta.to_properties(), trace),
             )
             .await
             .inspect_err(
                 |e| tracing::warn!(job_id = %meta.id, error = %e, "job not accepted by the broker"),
             )?;
+        self.metrics.confirmed("job", started);
         let event = StatusEvent::new(meta, Status::Queued);
         self.index.apply(&event);
+        let started = std::time::Instant::now();
         // The 202 waits for this confirm too: a replica restarted right after the 202 must
         // find the job in the stream.
-        if let Err(e) = self.events.publish(&event).await {
+        let published = self.events.publish(&event).await;
+        if published.is_ok() {
+            self.metrics.confirmed("event", started);
+        }
+        if let Err(e) = published {
             let job_id = event.job_id;
             match self.outbox.push(event) {
                 Ok(()) => {

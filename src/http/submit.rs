@@ -1,6 +1,8 @@
 //! `POST /api/v1/job`: authenticate, read and check the image, publish it with a
 //! confirm, answer 202.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -16,6 +18,8 @@ use super::upload::{self, BodyKind};
 use crate::idempotency;
 use imagejobs_core::ids::JobId;
 use imagejobs_core::message::JobMeta;
+use imagejobs_core::trace::TraceContext;
+use tracing::Instrument;
 
 pub async fn submit(
     State(app): State<AppState>,
@@ -85,17 +89,51 @@ pub async fn submit(
         payload_location: None,
         payload_size: Some(upload.bytes.len() as u64),
     };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let trace = TraceContext::continue_or_start(header("traceparent"), header("tracestate"));
+    let span = tracing::info_span!(
+        "submit",
+        trace_id = %trace.parent.trace_hex(),
+        job_id = %id,
+        tenant_id = caller.tenant_id.0,
+    );
+    imagejobs_core::telemetry::link(&span, &trace.parent);
+    publish(&app, key, &meta, &upload.bytes, &trace)
+        .instrument(span.clone())
+        .await?;
+    tracing::info!(parent: &span, size = upload.bytes.len(), "job accepted");
+    Ok(accepted(id))
+}
+
+/// Publishes the job once: an Idempotency-Key already seen publishes nothing again.
+async fn publish(
+    app: &AppState,
+    key: Option<String>,
+    meta: &JobMeta,
+    bytes: &[u8],
+    trace: &TraceContext,
+) -> Result<(), ApiError> {
+    let (id, tenant) = (meta.id, meta.tenant_id);
     match key {
         // A job the index knows was published before (here or by another replica).
-        Some(_) if app.index.get(id).is_some() => {}
-        Some(k) => app
-            .idempotency
-            .publish_once(caller.tenant_id, k, app.enqueue(&meta, &upload.bytes))
-            .await
-            .map_err(|e| ApiError::from(e.as_ref()))?,
-        None => app.enqueue(&meta, &upload.bytes).await?,
+        Some(_) if app.index.get(id).is_some() => app.metrics.idempotency_hit(),
+        Some(k) => {
+            let ran = AtomicBool::new(false);
+            let publish = async {
+                ran.store(true, Ordering::Relaxed);
+                app.enqueue(meta, bytes, trace).await
+            };
+            app.idempotency
+                .publish_once(tenant, k, publish)
+                .await
+                .map_err(|e| ApiError::from(e.as_ref()))?;
+            if !ran.load(Ordering::Relaxed) {
+                app.metrics.idempotency_hit();
+            }
+        }
+        None => app.enqueue(meta, bytes, trace).await?,
     }
-    Ok(accepted(id))
+    Ok(())
 }
 
 fn accepted(id: JobId) -> Response {

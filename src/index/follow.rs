@@ -6,6 +6,7 @@
 //! counts as caught up once it reads that marker back, since everything published before
 //! the marker is then in the index.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
@@ -15,12 +16,14 @@ use imagejobs_core::ids::JobId;
 use imagejobs_core::status::StatusEvent;
 
 use super::JobIndex;
+use crate::metrics::IngressMetrics;
 
 /// Follows the stream until `shutdown`; also evicts jobs older than `max_age`.
 pub async fn follow(
     mut feed: Feed,
     sink: EventSink,
     index: JobIndex,
+    metrics: Arc<IngressMetrics>,
     max_age: Duration,
     shutdown: CancellationToken,
 ) {
@@ -60,6 +63,7 @@ pub async fn follow(
             FeedItem::Subscribed => {}
             FeedItem::Message { data, .. } => match events::decode::<StatusEvent>(&data) {
                 Ok(evs) => {
+                    let mut applied = 0;
                     for ev in &evs {
                         if Some(ev.job_id) == marker {
                             index.set_caught_up();
@@ -69,8 +73,10 @@ pub async fn follow(
                             );
                         } else {
                             index.apply(ev);
+                            applied += 1;
                         }
                     }
+                    metrics.applied(applied, evs.last());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "skipping a message of the events stream that holds no status events")

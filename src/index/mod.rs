@@ -332,6 +332,20 @@ impl JobIndex {
             .sum()
     }
 
+    /// About how many bytes the index holds: its records and texts (the `/metrics`
+    /// figure; the allocator's own overhead is not in it).
+    pub fn approx_bytes(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| {
+                let s = s.read().unwrap_or_else(|p| p.into_inner());
+                let texts: usize = s.texts.values().map(|t| t.len() + 40).sum();
+                s.records.heap_bytes() + texts
+            })
+            .sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

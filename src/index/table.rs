@@ -116,6 +116,13 @@ impl<R> Table<R> {
     pub fn len(&self) -> usize {
         self.len
     }
+
+    /// Bytes this table holds on the heap: its chunks, slot table and free list.
+    pub fn heap_bytes(&self) -> usize {
+        self.chunks.len() * CHUNK * std::mem::size_of::<(JobId, Option<R>)>()
+            + self.slots.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.free.capacity() * std::mem::size_of::<u32>()
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@
 //! or the job id), so a seeded run makes the same decisions again, and a job keeps the same
 //! fate however often it is submitted.
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +52,13 @@ struct Knobs {
     seed: u64,
     /// Sequence number of API requests, the key of the 503 decision.
     request_seq: AtomicU64,
+    /// Faults injected, by kind (`imagejobs_stub_faults_injected_total`).
+    injected: Family<KindLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabels {
+    kind: &'static str,
 }
 
 impl Faults {
@@ -64,6 +74,7 @@ impl Faults {
                 forced_status: AtomicU16::new(0),
                 hang_left: AtomicU64::new(0),
                 hang_ms: AtomicU64::new(0),
+                injected: Family::default(),
                 seed: config.seed.unwrap_or_else(rand::random),
                 request_seq: AtomicU64::new(0),
             }),
@@ -172,7 +183,10 @@ impl Faults {
             .hang_left
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         match took {
-            Ok(_) => Duration::from_millis(self.inner.hang_ms.load(Ordering::Relaxed)),
+            Ok(_) => {
+                self.count("hang");
+                Duration::from_millis(self.inner.hang_ms.load(Ordering::Relaxed))
+            }
             Err(_) => self.running(),
         }
     }
@@ -183,7 +197,28 @@ impl Faults {
     pub(crate) fn inject_error(&self) -> bool {
         let seq = self.inner.request_seq.fetch_add(1, Ordering::Relaxed);
         let rate = self.error_rate();
-        rate > 0.0 && dice(self.inner.seed, b"error", &seq.to_le_bytes()) < rate
+        let inject = rate > 0.0 && dice(self.inner.seed, b"error", &seq.to_le_bytes()) < rate;
+        if inject {
+            self.count("error_503");
+        }
+        inject
+    }
+
+    /// Counts one injected fault of `kind`.
+    pub(crate) fn count(&self, kind: &'static str) {
+        self.inner
+            .injected
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// The fault counters, for the stubs' `/metrics`.
+    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "imagejobs_stub_faults_injected",
+            "Faults the stubs injected, by kind (latency, error_503, job_fail, hang, forced_status)",
+            self.inner.injected.clone(),
+        );
     }
 
     /// Decides whether the job with this id ends FAILED; the same id always gets the same
@@ -203,6 +238,7 @@ pub(crate) async fn inject(State(faults): State<Faults>, request: Request, next:
     }
     let latency = faults.latency();
     if !latency.is_zero() {
+        faults.count("latency");
         tokio::time::sleep(latency).await;
     }
     if faults.inject_error() {

@@ -182,6 +182,12 @@ impl Stubs {
         .snapshot(true)
     }
 
+    /// The trace ids of the `traceparent` headers the services received lately, with the
+    /// endpoint (`blob_put`, `job_post`, ...) each came to; oldest first.
+    pub fn trace_ids(&self) -> Vec<(String, String)> {
+        self.stats.trace_ids()
+    }
+
     /// The blob stored under `id` (e.g. a job id, or `{job id}.thumb` for its thumbnail) and
     /// its content type.
     pub fn blob(&self, id: &str) -> Option<(Bytes, String)> {
@@ -235,7 +241,18 @@ fn app(api: Router, faults: &Faults, observer: &Observer) -> Router {
     let knobs = Router::new()
         .route("/faults", get(faults_json).put(set_faults))
         .with_state(faults.clone());
-    api.merge(plain).merge(knobs).fallback(no_such_route)
+    let (stats, f) = (observer.stats.clone(), faults.clone());
+    let metrics = Router::new().route(
+        "/metrics",
+        get(move || {
+            let (stats, faults) = (stats.clone(), f.clone());
+            async move { metrics_text(&stats, &faults) }
+        }),
+    );
+    api.merge(plain)
+        .merge(knobs)
+        .merge(metrics)
+        .fallback(no_such_route)
 }
 
 /// The fault knobs as they stand, for `GET /faults`.
@@ -340,6 +357,23 @@ impl Observer {
         snapshot.blobs_evicted = figures.evicted;
         snapshot
     }
+}
+
+/// `GET /metrics`: requests by endpoint and the faults injected, in the exposition format.
+fn metrics_text(stats: &Stats, faults: &Faults) -> impl axum::response::IntoResponse {
+    let mut registry = prometheus_client::registry::Registry::default();
+    stats.register(&mut registry);
+    faults.register(&mut registry);
+    let mut body = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut body, &registry);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
 }
 
 async fn ping() -> &'static str {

@@ -6,7 +6,7 @@
 //! (idempotent repeats). In-flight counts cover the whole request including the injected
 //! latency, because that is the time a caller's slot is busy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -14,6 +14,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 
 use crate::faults::INTERNAL_HEADER;
@@ -152,6 +155,18 @@ struct Counters {
     jobs_failed: AtomicU64,
     untracked_ids: AtomicU64,
     ids: Mutex<IdCounts>,
+    /// Requests by endpoint, for `/metrics` (`imagejobs_stub_requests_total`).
+    requests: Family<EndpointLabels, Counter>,
+    /// The last [`MAX_TRACES`] `traceparent` trace ids received, with their endpoint.
+    traces: Mutex<VecDeque<(Endpoint, String)>>,
+}
+
+/// Trace ids kept for [`Stats::trace_ids`]: enough for a test, bounded for a benchmark.
+pub const MAX_TRACES: usize = 10_000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
 }
 
 #[derive(Debug, Default)]
@@ -253,6 +268,33 @@ impl Stats {
         }
     }
 
+    /// The request counters, for the stubs' `/metrics`.
+    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "imagejobs_stub_requests",
+            "API requests the stubs received, by endpoint (injected 503s included)",
+            self.inner.requests.clone(),
+        );
+    }
+
+    /// The trace ids of the `traceparent` headers received lately, per endpoint
+    /// (`blob_put`, `job_post`...), oldest first.
+    pub fn trace_ids(&self) -> Vec<(String, String)> {
+        let traces = self.inner.traces.lock().unwrap_or_else(|p| p.into_inner());
+        traces
+            .iter()
+            .map(|(e, t)| (e.as_str().to_owned(), t.clone()))
+            .collect()
+    }
+
+    fn record_trace(&self, endpoint: Endpoint, trace_id: String) {
+        let mut traces = self.inner.traces.lock().unwrap_or_else(|p| p.into_inner());
+        if traces.len() == MAX_TRACES {
+            traces.pop_front();
+        }
+        traces.push_back((endpoint, trace_id));
+    }
+
     /// The per-id maps; a panic elsewhere while holding the lock leaves plain counters, which
     /// are still worth reading, so a poisoned lock is simply taken over.
     fn ids(&self) -> MutexGuard<'_, IdCounts> {
@@ -265,6 +307,12 @@ impl Stats {
     /// Counts a request as started; the returned guard counts it as finished when dropped,
     /// also when the caller goes away mid-request and the handler future is dropped.
     fn enter(&self, endpoint: Endpoint) -> InFlight {
+        self.inner
+            .requests
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.as_str(),
+            })
+            .inc();
         let c = &self.inner.endpoints[endpoint.index()];
         c.requests.fetch_add(1, Ordering::Relaxed);
         let now = c.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
@@ -309,7 +357,34 @@ pub(crate) async fn track(State(stats): State<Stats>, request: Request, next: Ne
         .get::<MatchedPath>()
         .and_then(|route| Endpoint::classify(request.method(), route.as_str()));
     let _in_flight = endpoint.map(|endpoint| stats.enter(endpoint));
+    let trace = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace_id_of);
+    if let Some(endpoint) = endpoint {
+        let trace_id = trace.map(str::to_owned);
+        tracing::info!(
+            endpoint = endpoint.as_str(),
+            path = request.uri().path(),
+            trace_id = trace_id.as_deref().unwrap_or("-"),
+            "request"
+        );
+        if let Some(t) = trace_id {
+            stats.record_trace(endpoint, t);
+        }
+    }
     next.run(request).await
+}
+
+/// The trace id of a W3C `traceparent` (`00-{32 hex}-{16 hex}-{2 hex}`), as a real service's
+/// tracing library would read it; `None` when the header is not of that shape.
+fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let (_, trace, span, _) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex =
+        |s: &str, n| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (hex(trace, 32) && hex(span, 16) && trace.bytes().any(|b| b != b'0')).then_some(trace)
 }
 
 #[cfg(test)]

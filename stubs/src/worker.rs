@@ -241,6 +241,7 @@ async fn post_job(
     service.stats.record_job_post(&request.id);
 
     if let Some(code) = service.faults.forced_status() {
+        service.faults.count("forced_status");
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return Err(ApiError::new(
             status,
@@ -266,8 +267,12 @@ async fn post_job(
     }
     service.stats.record_job_started();
 
+    let fail = service.faults.fail_job(&request.id);
+    if fail {
+        service.faults.count("job_fail");
+    }
     let plan = JobPlan {
-        fail: service.faults.fail_job(&request.id),
+        fail,
         skip_image_work: service.faults.skip_image_work(),
         running: service.faults.take_running(),
         job_id: request.id,

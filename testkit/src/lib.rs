@@ -11,6 +11,8 @@
 //! - [`events`]: a reader of the events stream over `imagejobs_core::events`.
 //! - [`proxy`]: a TCP proxy that cuts a broker node off and lets it back; [`nodes`]: the
 //!   broker's nodes through `rabbitmq/node.sh`.
+//! - [`exposition`]: a strict parser of Prometheus's text format; [`spans`]: the spans
+//!   that joined a trace.
 //! - [`poll`]: `eventually`, polling with a deadline; [`tls`]: certificates made at run time.
 //!
 //! ```no_run
@@ -27,12 +29,14 @@
 
 pub mod deployment;
 pub mod events;
+pub mod exposition;
 pub mod keys;
 pub mod nodes;
 pub mod pipeline;
 pub mod poll;
 pub mod process;
 pub mod proxy;
+pub mod spans;
 pub mod tls;
 
 use std::time::Duration;
@@ -76,9 +80,19 @@ pub fn init_logs() {
     imagejobs_core::tls::install_crypto();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(filter),
+        )
+        .with(
+            spans::SpanRecorder
+                .with_filter(tracing_subscriber::filter::filter_fn(spans::only_spans)),
+        )
         .try_init();
 }
 

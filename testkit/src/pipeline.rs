@@ -316,6 +316,8 @@ impl TestIngress {
 /// A consumer running in this process; stops when dropped.
 pub struct TestConsumer {
     pub stats: Arc<Stats>,
+    /// Where it serves `/metrics`, with `metrics_port` set.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _stop_on_drop: DropGuard,
@@ -328,9 +330,11 @@ impl TestConsumer {
             .await
             .expect("consumer builds");
         let stats = consumer.stats();
+        let metrics_addr = consumer.metrics_addr();
         let task = tokio::spawn(consumer.run_until_stopped());
         TestConsumer {
             stats,
+            metrics_addr,
             _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
             task,

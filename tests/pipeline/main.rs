@@ -9,6 +9,7 @@ mod consumer;
 mod crash;
 mod hostile;
 mod index;
+mod metrics;
 mod submit;
 mod submit_props;
 mod tls;

@@ -25,6 +25,9 @@ pub enum Start {
     Next,
     /// The message at this offset (and what follows).
     Offset(i64),
+    /// The messages published since this time (seconds since the epoch; the stream
+    /// finds the chunk that holds it, so a few earlier messages may come too).
+    Since(u64),
 }
 
 /// What [`Feed::next`] yields.
@@ -163,6 +166,7 @@ impl Feed {
             Start::First => AMQPValue::LongString(LongString::from("first")),
             Start::Next => AMQPValue::LongString(LongString::from("next")),
             Start::Offset(n) => AMQPValue::LongLongInt(n),
+            Start::Since(secs) => AMQPValue::Timestamp(secs),
         };
         let mut args = FieldTable::default();
         args.insert("x-stream-offset".into(), offset);

@@ -1,0 +1,272 @@
+//! The ingress's Prometheus metrics (`GET /metrics`, DESIGN §3).
+//!
+//! Labels are bounded by construction: the outcome and status code of a submit, a route
+//! template (never a path with a job id in it), why a request was turned away.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use imagejobs_core::broker::Broker;
+use imagejobs_core::metrics::{latency_histogram, render, BrokerMetrics, CONTENT_TYPE};
+use imagejobs_core::status::StatusEvent;
+
+use crate::http::error::Rejected;
+use crate::index::JobIndex;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubmitLabels {
+    outcome: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublishLabels {
+    message: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    code: u16,
+    reason: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric of one ingress process.
+pub struct IngressMetrics {
+    registry: Registry,
+    submits: Family<SubmitLabels, Counter>,
+    requests: Histograms<RouteLabels>,
+    confirms: Histograms<PublishLabels>,
+    rejections: Family<RejectLabels, Counter>,
+    idempotency_hits: Counter,
+    events_applied: Counter,
+    follower_lag: Gauge<f64, AtomicU64>,
+    index_jobs: Gauge,
+    index_bytes: Gauge,
+    broker: BrokerMetrics,
+}
+
+impl Default for IngressMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IngressMetrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let submits = Family::<SubmitLabels, Counter>::default();
+        r.register(
+            "imagejobs_submits",
+            "Job submits by outcome (accepted, rejected, unavailable) and HTTP status code",
+            submits.clone(),
+        );
+        let requests: Histograms<RouteLabels> = Family::new_with_constructor(latency_histogram);
+        r.register_with_unit(
+            "imagejobs_http_request_duration",
+            "HTTP request duration by route template",
+            Unit::Seconds,
+            requests.clone(),
+        );
+        let confirms: Histograms<PublishLabels> = Family::new_with_constructor(latency_histogram);
+        r.register_with_unit(
+            "imagejobs_publish_confirm_duration",
+            "From publishing to the broker's confirm, for jobs and their QUEUED events",
+            Unit::Seconds,
+            confirms.clone(),
+        );
+        let rejections = Family::<RejectLabels, Counter>::default();
+        r.register(
+            "imagejobs_rejections",
+            "Requests turned away with 429 or 503, by reason",
+            rejections.clone(),
+        );
+        let idempotency_hits = Counter::default();
+        r.register(
+            "imagejobs_idempotency_hits",
+            "Submits whose Idempotency-Key named a job already accepted",
+            idempotency_hits.clone(),
+        );
+        let events_applied = Counter::default();
+        r.register(
+            "imagejobs_index_events_applied",
+            "Status events read from the events stream and applied to the job index",
+            events_applied.clone(),
+        );
+        let follower_lag = Gauge::<f64, AtomicU64>::default();
+        r.register_with_unit(
+            "imagejobs_index_follower_lag",
+            "Age of the last status event the index follower applied, when it applied it",
+            Unit::Seconds,
+            follower_lag.clone(),
+        );
+        let index_jobs = Gauge::default();
+        r.register(
+            "imagejobs_index_jobs",
+            "Jobs the in-memory job index holds",
+            index_jobs.clone(),
+        );
+        let index_bytes = Gauge::default();
+        r.register_with_unit(
+            "imagejobs_index",
+            "Heap the job index holds for its records (approximate)",
+            Unit::Bytes,
+            index_bytes.clone(),
+        );
+        let broker = BrokerMetrics::register(&mut r);
+        IngressMetrics {
+            registry: r,
+            submits,
+            requests,
+            confirms,
+            rejections,
+            idempotency_hits,
+            events_applied,
+            follower_lag,
+            index_jobs,
+            index_bytes,
+            broker,
+        }
+    }
+
+    /// Renders every family, with the gauges read now.
+    pub fn render(&self, index: &JobIndex, broker: &Broker) -> String {
+        self.index_jobs.set(index.len() as i64);
+        self.index_bytes.set(index.approx_bytes() as i64);
+        self.broker.refresh(broker);
+        render(&self.registry)
+    }
+
+    /// A confirmed publish of a job (`job`) or its QUEUED event (`event`) took this long.
+    pub fn confirmed(&self, message: &'static str, started: Instant) {
+        self.confirms
+            .get_or_create(&PublishLabels { message })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn idempotency_hit(&self) {
+        self.idempotency_hits.inc();
+    }
+
+    /// The follower applied `n` events of one stream message, `last` the last of them
+    /// (its age is the lag: read once a message, not once an event, to keep catch-up fast).
+    pub fn applied(&self, n: u64, last: Option<&StatusEvent>) {
+        self.events_applied.inc_by(n);
+        let Some(event) = last else { return };
+        if let Ok(at) = humantime::parse_rfc3339_weak(&event.at) {
+            if let Ok(age) = std::time::SystemTime::now().duration_since(at) {
+                self.follower_lag.set(age.as_secs_f64());
+            }
+        }
+    }
+
+    fn observe(&self, method: &Method, path: &str, response: &Response, took: f64) {
+        let route = route_of(path);
+        self.requests
+            .get_or_create(&RouteLabels { route })
+            .observe(took);
+        let code = response.status().as_u16();
+        if route == "/api/v1/job" && method == Method::POST {
+            let outcome = match response.status() {
+                StatusCode::ACCEPTED => "accepted",
+                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                _ => "rejected",
+            };
+            self.submits
+                .get_or_create(&SubmitLabels { outcome, code })
+                .inc();
+        }
+        let reason = response
+            .extensions()
+            .get::<Rejected>()
+            .copied()
+            .or_else(|| {
+                response
+                    .extensions()
+                    .get::<imagejobs_serve::Overloaded>()
+                    .map(|_| Rejected::InFlight)
+            });
+        if let Some(reason) = reason {
+            self.rejections
+                .get_or_create(&RejectLabels {
+                    code,
+                    reason: reason.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// The middleware, outermost, so that it sees the in-flight cap's 503s too.
+    pub async fn track(
+        State(metrics): State<Arc<IngressMetrics>>,
+        request: Request,
+        next: Next,
+    ) -> Response {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let response = next.run(request).await;
+        metrics.observe(&method, &path, &response, started.elapsed().as_secs_f64());
+        response
+    }
+}
+
+/// The route template of a path: a fixed set, so that no label holds a job id.
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/api/v1/job" => "/api/v1/job",
+        "/metrics" => "/metrics",
+        "/readyz" => "/readyz",
+        "/healthz" => "/healthz",
+        "/ping" => "/ping",
+        _ => match path.strip_prefix("/api/v1/job/") {
+            Some(rest) if !rest.is_empty() && !rest.contains('/') => "/api/v1/job/{id}",
+            Some(rest) if rest.ends_with("/status") && rest.matches('/').count() == 1 => {
+                "/api/v1/job/{id}/status"
+            }
+            _ => "other",
+        },
+    }
+}
+
+/// `GET /metrics`.
+pub async fn scrape(State(app): State<crate::http::AppState>) -> Response {
+    let body = app.metrics.render(&app.index, &app.broker);
+    ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_templates() {
+        assert_eq!(route_of("/api/v1/job"), "/api/v1/job");
+        assert_eq!(route_of("/api/v1/job/abc"), "/api/v1/job/{id}");
+        assert_eq!(
+            route_of("/api/v1/job/abc/status"),
+            "/api/v1/job/{id}/status"
+        );
+        assert_eq!(route_of("/api/v1/job/abc/x/status"), "other");
+        assert_eq!(route_of("/api/v1/job/"), "other");
+        assert_eq!(route_of("/etc/passwd"), "other");
+    }
+}
