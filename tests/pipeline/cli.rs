@@ -182,3 +182,63 @@ async fn token_signs_with_a_private_key_the_ingress_verifies() {
     assert_eq!(lookup(tok).await, 401);
     ing.stop().await;
 }
+
+#[tokio::test]
+async fn top_shows_queues_rates_and_recent_failures() {
+    let p = Pipeline::new().await;
+    let ing = p.ingress().await;
+    let consumer = p.consumer_with(|c| c.metrics_port = Some(0)).await;
+    let metrics = format!("http://{}/metrics", consumer.metrics_addr.unwrap());
+    for _ in 0..2 {
+        let id = ing.submit_id(&png(10, 10)).await;
+        assert_eq!(ing.wait_terminal(&id, 1, T).await["status"], "SUCCESS");
+    }
+    p.stubs.faults().set_forced_status(Some(422));
+    let failed = ing.submit_id(&png(10, 10)).await;
+    assert_eq!(ing.wait_terminal(&failed, 1, T).await["status"], "FAILED");
+    let env = vec![
+        ("AMQP_URL", p.deployment.urls.to_string_exposed()),
+        ("AMQP_PREFIX", p.deployment.prefix.clone()),
+        ("IMAGEJOBS_URL", ing.url.clone()),
+        ("IMAGEJOBS_CONSUMER_METRICS", metrics),
+        ("RETRY_DELAYS", "1,2".into()),
+    ];
+    // The failure comes from the events stream, read in the background: a frame may be
+    // printed before it arrives, so ask again until it shows.
+    let out = eventually(T, "top to show the failure", || async {
+        let (code, out, err) = cli(&["top", "--once", "--interval", "0.3"], &env).await;
+        assert_eq!(code, 0, "{err}");
+        out.contains(&failed).then_some(out)
+    })
+    .await;
+    let topo = &p.deployment.topology;
+    assert!(out.contains(&topo.work_queue()), "{out}");
+    assert!(out.contains(&topo.dead_queue()), "{out}");
+    let dead_line = out
+        .lines()
+        .find(|l| l.starts_with(&topo.dead_queue()))
+        .unwrap();
+    assert_eq!(dead_line.split_whitespace().nth(1), Some("1"), "{out}");
+    assert!(out.contains("accepted 3  SUCCESS 2  FAILED 1"), "{out}");
+    assert!(out.contains("metrics from 2 of 2 processes"), "{out}");
+    assert!(out.contains("422"), "the failure's error: {out}");
+    consumer.stop().await;
+}
+
+/// RabbitMQ's own metrics, where README says to scrape them (RABBITMQ_PROMETHEUS_URLS).
+#[tokio::test]
+async fn rabbitmqs_own_metrics_are_served() {
+    let Ok(urls) = std::env::var("RABBITMQ_PROMETHEUS_URLS") else {
+        panic!("RABBITMQ_PROMETHEUS_URLS is set by rabbitmq/node.sh (make test sources its env)");
+    };
+    for url in urls.split_whitespace() {
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        assert!(
+            text.contains("# TYPE rabbitmq_global_messages_received_total counter"),
+            "{url}"
+        );
+        let detailed = format!("{url}/detailed?family=queue_coarse_metrics");
+        let resp = reqwest::get(&detailed).await.unwrap();
+        assert_eq!(resp.status(), 200, "{detailed}");
+    }
+}
