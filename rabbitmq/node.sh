@@ -250,7 +250,7 @@ write_env_file() {
 }
 print_deployment() {
     local i
-    for ((i = 1; i <= N; i++)); do say "node $i: $(name "$i")  $(url "$i")"; done
+    for ((i = 1; i <= N; i++)); do say "node $i: $(name "$i")  $(url "$i" | masked)"; done
     if has_mgmt 1; then say "management: http://127.0.0.1:$(port 1 2)/ (user $BROKER_USER, password in $CREDENTIALS)"; fi
     if has_tls; then say "TLS: $(all_urls tls_url | sed 's/:[^:@]*@/:***@/g') (CA $TLS_DIR/ca.pem)"; fi
     say "AMQP_URL=$(all_urls | masked)" && say "settings (with the password): . $ENV_FILE"

@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The OTLP export is off by default; check that it still builds (a few minutes, once).
+cargo clippy -p imagejobs-core --features otlp -- -D warnings
 
 # Licenses, banned crates (OpenSSL among them) and sources. Not advisories: their
 # database is fetched from GitHub, which this machine cannot reach (see README).

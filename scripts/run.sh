@@ -71,9 +71,12 @@ trap 'stop_all; exit 0' INT TERM
 pids+=($!)
 "$bin/imagejobs-ingress" > .run/ingress.log 2>&1 &
 pids+=($!)
+# Consumer i serves its metrics on 9099 + i (9100, 9101, ...).
+metrics_urls=""
 for i in $(seq 1 "$consumers"); do
-  "$bin/imagejobs-consumer" > ".run/consumer-$i.log" 2>&1 &
+  METRICS_PORT=$((9099 + i)) "$bin/imagejobs-consumer" > ".run/consumer-$i.log" 2>&1 &
   pids+=($!)
+  metrics_urls+=${metrics_urls:+,}http://127.0.0.1:$((9099 + i))/metrics
 done
 
 ready=0
@@ -93,7 +96,9 @@ imagejobs is up:
   ingress    http://127.0.0.1:$SERVER_PORT   (logs: .run/ingress.log)
   consumers  $consumers                        (logs: .run/consumer-*.log)
   stubs      worker http://127.0.0.1:$WORKER_PORT, blob http://127.0.0.1:$BLOB_PORT
-  broker     $AMQP_URL  (management: ${RABBITMQ_MANAGEMENT_URL:-off})
+  broker     $(sed 's/:[^:@/]*@/:***@/g' <<<"$AMQP_URL")  (management: ${RABBITMQ_MANAGEMENT_URL:-off})
+  metrics    http://127.0.0.1:$SERVER_PORT/metrics, $metrics_urls,
+             RabbitMQ: $RABBITMQ_PROMETHEUS_URLS
 
 A dev token (tenant 1, client 1):
   export IMAGEJOBS_TOKEN=$token
@@ -106,6 +111,7 @@ Submit with curl:
 Or with the CLI (another terminal; export the token first):
   ./target/release/imagejobs submit --wait examples/*.png
   ./target/release/imagejobs status <id>
+  . rabbitmq/.node/env && ./target/release/imagejobs top --consumer-metrics $metrics_urls
 
 Ctrl-C stops everything.
 INFO
