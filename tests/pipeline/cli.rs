@@ -228,6 +228,7 @@ async fn top_shows_queues_rates_and_recent_failures() {
 /// RabbitMQ's own metrics, where README says to scrape them (RABBITMQ_PROMETHEUS_URLS).
 #[tokio::test]
 async fn rabbitmqs_own_metrics_are_served() {
+    init_logs(); // and the rustls provider reqwest needs
     let Ok(urls) = std::env::var("RABBITMQ_PROMETHEUS_URLS") else {
         panic!("RABBITMQ_PROMETHEUS_URLS is set by rabbitmq/node.sh (make test sources its env)");
     };
