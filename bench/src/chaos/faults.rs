@@ -37,6 +37,21 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// Whether the broker may take no events while it lasts (so a 202's QUEUED event can
+    /// wait for its end).
+    pub fn blocks_events(self) -> bool {
+        matches!(
+            self,
+            Fault::BrokerRestart
+                | Fault::LeaderNodeStop
+                | Fault::OtherNodeStop
+                | Fault::MemoryAlarm
+                | Fault::DiskAlarm
+        )
+    }
+}
+
+impl Fault {
     pub fn name(self) -> &'static str {
         match self {
             Fault::ConsumerKill => "consumer SIGKILL mid-job",

@@ -33,6 +33,39 @@ pub struct Fleet {
     http: reqwest::Client,
 }
 
+/// Keeps `ready` true to what the replicas say: a replica whose `/readyz` stops answering
+/// 200 (no broker node, a blocked broker, its index catching up) counts as restarting
+/// until it answers 200 again, and `ready` then holds that moment. A 202 cannot reach a
+/// replica that cannot read the stream, so the visibility check counts from there, as it
+/// does after a process restart. Polls every 100 ms until aborted.
+pub fn watch_readiness(
+    urls: Vec<String>,
+    ready: Readiness,
+    http: reqwest::Client,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut was_ready = vec![true; urls.len()];
+        loop {
+            for (i, base) in urls.iter().enumerate() {
+                let ok = http
+                    .get(format!("{base}/readyz"))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                let mut ready = ready.lock().unwrap_or_else(|p| p.into_inner());
+                match (ok, was_ready[i]) {
+                    (true, false) => ready[i] = Some(Instant::now()),
+                    (false, true) => ready[i] = None,
+                    _ => {}
+                }
+                was_ready[i] = ok;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
 impl Fleet {
     pub fn new(
         deployment: Deployment,

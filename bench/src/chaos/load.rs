@@ -51,7 +51,7 @@ pub struct Ledger {
     pub unexpected: Vec<String>,
     /// Per HTTP-accepted job: the longest time a replica took to know it after its 202
     /// (time a replica was down or restarting excluded); `None`: one never did.
-    pub visible_after: Vec<(JobId, Option<Duration>)>,
+    pub visible_after: Vec<(JobId, Instant, Option<Duration>)>,
 }
 
 pub type SharedLedger = Arc<Mutex<Ledger>>;
@@ -250,7 +250,7 @@ async fn watch_visibility(ledger: SharedLedger, config: Arc<LoadConfig>, id: Job
     let slowest = seen
         .iter()
         .try_fold(Duration::ZERO, |m, d| d.map(|d| m.max(d)));
-    lock(&ledger).visible_after.push((id, slowest));
+    lock(&ledger).visible_after.push((id, at, slowest));
 }
 
 async fn publish(ledger: SharedLedger, broker: Broker, exchange: String, image: Bytes) {

@@ -161,6 +161,8 @@ pub async fn run(
             },
             &deployment,
         );
+        let readiness =
+            fleet::watch_readiness(fleet.ingress_urls(), fleet.ready.clone(), http.clone());
         progress("load running; warming up");
         tokio::time::sleep(settle).await;
 
@@ -193,6 +195,7 @@ pub async fn run(
         }
         progress("faults done; stopping the load and waiting for every accepted job to end");
         load.stop().await;
+        readiness.abort();
         let ledger = std::mem::take(&mut *ledger.lock().unwrap_or_else(|p| p.into_inner()));
         let result = reconcile::run(reconcile::Inputs {
             deployment: &deployment,

@@ -240,14 +240,14 @@ pub async fn run(i: Inputs<'_>) -> anyhow::Result<Outcome> {
         .ledger
         .visible_after
         .iter()
-        .filter_map(|(_, d)| *d)
+        .filter_map(|(_, at, d)| d.map(|d| visible_delay(*at, d, i.windows)))
         .collect();
     delays.sort_unstable();
     let never = i
         .ledger
         .visible_after
         .iter()
-        .filter(|(_, d)| d.is_none())
+        .filter(|(_, _, d)| d.is_none())
         .count();
     let max_delay = delays.last().copied().unwrap_or_default();
     let p99 = delays
@@ -389,7 +389,7 @@ pub async fn run(i: Inputs<'_>) -> anyhow::Result<Outcome> {
         md,
         "\n{} jobs accepted ({http} by HTTP, {} by direct AMQP publish); {} SUCCESS, {} FAILED by the worker, \
 {} FAILED by the pipeline (all {} in the dead queue with a reason); {} submits given up by clients after 2 minutes of retries. \
-Every 202 was known to both replicas after at most {:.2} s (p99 {:.2} s) with time a replica spent restarting left out. \
+Every 202 was known to both replicas after at most {:.2} s (p99 {:.2} s) with the time a replica spent restarting or not ready, and the broker spent down or in an alarm, left out. \
 The work queue has {members} member(s) (replicas).\n",
         jobs.len(),
         jobs.len() - http,
@@ -532,4 +532,20 @@ fn sample(ids: &HashSet<JobId>) -> String {
         v.push("...".into());
     }
     v.join(", ")
+}
+
+/// How long a 202 accepted at `at` and known everywhere `d` later took to spread, not
+/// counting a fault that stopped the broker from taking events: a broker restart, a node
+/// stop, or an alarm (which blocks every publisher of the cluster, so a QUEUED event
+/// waits in the outbox until it clears). Counted from the end of such a fault when the
+/// 202 came before it ended.
+fn visible_delay(at: Instant, d: Duration, windows: &[Window]) -> Duration {
+    let known = at + d;
+    let from = windows
+        .iter()
+        .filter(|w| w.fault.blocks_events())
+        .filter(|w| w.start <= known && w.end >= at)
+        .map(|w| w.end)
+        .fold(at, Instant::max);
+    d.min(known.saturating_duration_since(from))
 }
