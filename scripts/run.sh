@@ -111,7 +111,7 @@ Submit with curl:
 Or with the CLI (another terminal; export the token first):
   ./target/release/imagejobs submit --wait examples/*.png
   ./target/release/imagejobs status <id>
-  . rabbitmq/.node/env && ./target/release/imagejobs top --consumer-metrics $metrics_urls
+  . rabbitmq/.node/env && RETRY_DELAYS=$RETRY_DELAYS ./target/release/imagejobs top --consumer-metrics $metrics_urls
 
 Ctrl-C stops everything.
 INFO

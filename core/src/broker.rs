@@ -47,6 +47,9 @@ pub struct BrokerConfig {
     pub when_blocked: WhenBlocked,
     /// CA certificates (PEM) trusted for `amqps://` nodes besides the system's roots.
     pub tls_ca: Option<String>,
+    /// Declare the topology on every connection (the pipeline's processes). Off for an
+    /// observer such as `imagejobs top`, whose settings may not be the deployment's.
+    pub declare_topology: bool,
 }
 
 /// What a publish does while the broker blocks publishers (a memory or disk alarm):
@@ -73,6 +76,7 @@ impl BrokerConfig {
             connect_timeout: Duration::from_secs(5),
             when_blocked: WhenBlocked::Wait,
             tls_ca: None,
+            declare_topology: true,
         }
     }
 }
@@ -446,7 +450,9 @@ async fn connect(config: &BrokerConfig, url: &AmqpUrl) -> anyhow::Result<Arc<Liv
             .create_channel()
             .await
             .context("opening a channel")?;
-        config.topology.declare(&channel).await?;
+        if config.declare_topology {
+            config.topology.declare(&channel).await?;
+        }
         let _ = channel.close(200, "declared".into()).await;
         anyhow::Ok(())
     };

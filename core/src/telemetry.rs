@@ -32,9 +32,12 @@ pub fn init_tracing() {
     init("info");
 }
 
-/// Like [`init_tracing`] but warnings only by default, for the interactive CLI.
+/// Like [`init_tracing`] but warnings only by default, for the interactive CLI. lapin's
+/// own logs are off: the CLI reports its errors itself, and `top`'s passive declare of a
+/// queue that is not there (which closes a channel, logged by lapin as an error) is an
+/// answer, not a failure.
 pub fn init_tracing_quiet() {
-    init("warn");
+    init("warn,lapin=off");
 }
 
 /// Makes `span` part of the job's trace in the exported spans (a child of `parent`).

@@ -78,6 +78,8 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let _stop = stop.clone().drop_guard();
     let mut config = BrokerConfig::new(args.broker.urls()?, "imagejobs-top", topo.clone());
     config.tls_ca = args.broker.ca_pem()?;
+    // An observer: it must not create queues for settings that may not be the deployment's.
+    config.declare_topology = false;
     let broker = Broker::start(config, stop.clone());
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
