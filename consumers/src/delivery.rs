@@ -82,7 +82,10 @@ impl Handler {
             let (settlement, dead) = self
                 .decide(&properties, body.clone(), abandon, &trace)
                 .await;
-            let status = settlement.event.as_ref().map(|e| e.status.clone());
+            let status = settlement
+                .event
+                .as_ref()
+                .map(|e| ConsumerMetrics::status_label(&e.status));
             let delayed = matches!(
                 settlement.copy,
                 Some(Copy {
@@ -92,8 +95,8 @@ impl Handler {
             );
             let then = self.carry_out(&properties, &body, settlement).await;
             if then == Then::Ack {
-                self.metrics.settled(status.as_deref(), dead, delayed);
-                tracing::info!(status = status.as_deref().unwrap_or("-"), "job settled");
+                self.metrics.settled(status, dead, delayed);
+                tracing::info!(status = status.unwrap_or("-"), "job settled");
             }
             then
         }

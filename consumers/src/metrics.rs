@@ -196,15 +196,25 @@ impl ConsumerMetrics {
         }
     }
 
-    /// An attempt was settled (its copy and event confirmed): what it reported.
-    pub fn settled(&self, status: Option<&str>, dead: Option<DeadReason>, delayed_retry: bool) {
+    /// The label of a reported status: a fixed set, whatever the event holds.
+    pub fn status_label(status: &str) -> &'static str {
+        match status {
+            "SUCCESS" => "SUCCESS",
+            "FAILED" => "FAILED",
+            "RETRYING" => "RETRYING",
+            _ => "other",
+        }
+    }
+
+    /// An attempt was settled (its copy and event confirmed): what it reported (a
+    /// [`ConsumerMetrics::status_label`]).
+    pub fn settled(
+        &self,
+        status: Option<&'static str>,
+        dead: Option<DeadReason>,
+        delayed_retry: bool,
+    ) {
         if let Some(status) = status {
-            let status = match status {
-                "SUCCESS" => "SUCCESS",
-                "FAILED" => "FAILED",
-                "RETRYING" => "RETRYING",
-                _ => "other",
-            };
             self.jobs.get_or_create(&StatusLabels { status }).inc();
         }
         if let Some(reason) = dead {
