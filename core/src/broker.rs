@@ -254,6 +254,23 @@ impl Broker {
         self.live().and_then(|l| l.blocked())
     }
 
+    /// Ready messages and consumers of `queue`, by a passive declare on a channel of its
+    /// own (a missing queue closes the channel it is asked on); `None` when unknown.
+    pub async fn queue_depth(&self, queue: &str) -> Option<(u32, u32)> {
+        use lapin::options::QueueDeclareOptions;
+        let channel = self.live()?.open_channel().await.ok()?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+            .await
+            .ok();
+        let _ = channel.close(200, "done".into()).await;
+        declared.map(|q| (q.message_count(), q.consumer_count()))
+    }
+
     /// Publishes one message with `mandatory` and waits for its own confirm.
     pub async fn publish(
         &self,

@@ -145,6 +145,12 @@ pub struct TopologyArgs {
     #[arg(long, env = "EVENTS_MAX_BYTES", default_value = "5000000000")]
     pub events_max_bytes: ByteSize,
 
+    /// How long the control stream keeps cancel requests (`x-max-age` syntax): a job
+    /// cancelled longer ago than this that is still queued would run. Longer than any job
+    /// waits in the queues.
+    #[arg(long, env = "CONTROL_MAX_AGE", default_value = "7D")]
+    pub control_max_age: MaxAge,
+
     /// Delays in seconds of the delayed-retry queues, comma-separated; empty for none.
     #[arg(long, env = "RETRY_DELAYS", default_value = "5,30,300", value_parser = parse_delays)]
     pub retry_delays: RetryDelays,
@@ -159,6 +165,7 @@ impl Default for TopologyArgs {
             queue_delivery_limit: 10,
             events_max_age: MaxAge::days(7),
             events_max_bytes: ByteSize(5_000_000_000),
+            control_max_age: MaxAge::days(7),
             retry_delays: RetryDelays([5, 30, 300].into_iter().map(Duration::from_secs).collect()),
         }
     }
@@ -186,6 +193,8 @@ impl TopologyArgs {
             self.events_max_age.to_string(),
             "--events-max-bytes".into(),
             self.events_max_bytes.0.to_string(),
+            "--control-max-age".into(),
+            self.control_max_age.to_string(),
             "--retry-delays".into(),
             self.retry_delays.to_string(),
         ]

@@ -8,7 +8,8 @@
 //!   event), [`message`] (the job message's headers and AMQP codec).
 //! - [`topology`]: every exchange and queue name and its declaration, as data.
 //! - [`broker`]: the supervised connection, its confirm-channel pool, confirmed publishing.
-//! - [`events`]: publishing status events and following the events stream.
+//! - [`events`]: publishing status events and following the events stream (and any
+//!   stream); [`control`]: the control stream's messages (cancels) for consumers.
 //! - [`config`]: settings shared by the binaries, parsed into domain types.
 //! - [`backoff`]: the jittered exponential backoff of every reconnect and resubscribe.
 //! - [`metrics`]: Prometheus metrics and the consumer's listener; [`trace`]: W3C trace
@@ -19,6 +20,7 @@
 pub mod backoff;
 pub mod broker;
 pub mod config;
+pub mod control;
 pub mod events;
 pub mod ids;
 pub mod message;

@@ -17,11 +17,13 @@ pub enum Status {
     Retrying,
     Success,
     Failed,
+    /// Cancelled by its tenant (`DELETE /api/v1/job/{id}`): final over every attempt.
+    Cancelled,
 }
 
 impl Status {
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Success | Status::Failed)
+        matches!(self, Status::Success | Status::Failed | Status::Cancelled)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -31,6 +33,7 @@ impl Status {
             Status::Retrying => "RETRYING",
             Status::Success => "SUCCESS",
             Status::Failed => "FAILED",
+            Status::Cancelled => "CANCELLED",
         }
     }
 
@@ -42,6 +45,7 @@ impl Status {
             "RETRYING" => Some(Status::Retrying),
             "SUCCESS" => Some(Status::Success),
             "FAILED" => Some(Status::Failed),
+            "CANCELLED" => Some(Status::Cancelled),
             _ => None,
         }
     }
@@ -135,6 +139,24 @@ impl StatusEvent {
         }
     }
 
+    /// An event of `status` about a job known only by its id and owner (a cancel).
+    pub fn bare(
+        job_id: JobId,
+        tenant_id: TenantId,
+        client_id: ClientId,
+        status: Status,
+        attempt: u32,
+    ) -> Self {
+        StatusEvent {
+            job_id,
+            tenant_id,
+            client_id,
+            status: status.as_str().to_owned(),
+            attempt,
+            ..Self::marker()
+        }
+    }
+
     /// The status, when it is one this version knows.
     pub fn known_status(&self) -> Option<Status> {
         Status::parse(&self.status)
@@ -181,6 +203,7 @@ mod tests {
             Status::Retrying,
             Status::Success,
             Status::Failed,
+            Status::Cancelled,
         ] {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }

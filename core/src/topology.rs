@@ -49,8 +49,14 @@ pub struct Topology {
     delivery_limit: u32,
     events_max_age: MaxAge,
     events_max_bytes: ByteSize,
+    control_max_age: MaxAge,
     retry_delays: Vec<Duration>,
 }
+
+/// Most bytes the control stream keeps: about half a million cancel requests.
+const CONTROL_MAX_BYTES: i64 = 100_000_000;
+/// Segments of the control stream: retention drops whole segments, so they are small.
+const CONTROL_SEGMENT_BYTES: i64 = 8_000_000;
 
 impl Topology {
     pub fn new(args: &TopologyArgs) -> Self {
@@ -60,6 +66,7 @@ impl Topology {
             delivery_limit: args.queue_delivery_limit,
             events_max_age: args.events_max_age.clone(),
             events_max_bytes: args.events_max_bytes,
+            control_max_age: args.control_max_age.clone(),
             retry_delays: args.retry_delays.0.clone(),
         }
     }
@@ -101,6 +108,14 @@ impl Topology {
     /// Stream queue the job index is rebuilt from (same name as the exchange).
     pub fn events_stream(&self) -> String {
         format!("{}.events", self.prefix)
+    }
+    /// Fanout exchange of control messages (cancel requests) for consumers.
+    pub fn control_exchange(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+    /// Stream queue of control messages; every consumer reads it from its first message.
+    pub fn control_stream(&self) -> String {
+        format!("{}.control", self.prefix)
     }
     pub fn retry_delays(&self) -> &[Duration] {
         &self.retry_delays
@@ -165,6 +180,30 @@ impl Topology {
             Declaration::Binding {
                 queue: self.events_stream(),
                 exchange: self.events_exchange(),
+                key: String::new(),
+            },
+            Declaration::Exchange {
+                name: self.control_exchange(),
+                kind: "fanout",
+            },
+            Declaration::Queue {
+                name: self.control_stream(),
+                args: vec![
+                    ("x-queue-type", Str("stream".into())),
+                    (
+                        "x-max-age",
+                        Str(self.control_max_age.as_rabbitmq().to_owned()),
+                    ),
+                    ("x-max-length-bytes", Int(CONTROL_MAX_BYTES)),
+                    (
+                        "x-stream-max-segment-size-bytes",
+                        Int(CONTROL_SEGMENT_BYTES),
+                    ),
+                ],
+            },
+            Declaration::Binding {
+                queue: self.control_stream(),
+                exchange: self.control_exchange(),
                 key: String::new(),
             },
         ];

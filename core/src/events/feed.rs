@@ -70,6 +70,8 @@ struct Subscription {
 /// A follower of the events stream; see the module docs.
 pub struct Feed {
     broker: Broker,
+    /// The stream read: the events stream, or another (the control stream).
+    stream: String,
     config: FeedConfig,
     start: Start,
     subscription: Option<Subscription>,
@@ -82,8 +84,15 @@ impl Feed {
     }
 
     pub fn with_config(broker: Broker, start: Start, config: FeedConfig) -> Self {
+        let stream = broker.topology().events_stream();
+        Self::of_stream(broker, stream, start, config)
+    }
+
+    /// A follower of another stream of the deployment (the control stream).
+    pub fn of_stream(broker: Broker, stream: String, start: Start, config: FeedConfig) -> Self {
         Feed {
             broker,
+            stream,
             config: FeedConfig {
                 prefetch: config.prefetch.max(2),
                 ack_every: config
@@ -109,7 +118,7 @@ impl Feed {
                         return FeedItem::Subscribed;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, start = ?self.start, "could not subscribe to the events stream; trying again");
+                        tracing::warn!(error = %e, start = ?self.start, stream = %self.stream, "could not subscribe to a stream; trying again");
                         tokio::time::sleep(self.backoff.next_delay()).await;
                         continue;
                     }
@@ -122,12 +131,12 @@ impl Feed {
             let delivery = match next {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "events stream subscription failed; resubscribing");
+                    tracing::warn!(error = %e, stream = %self.stream, "stream subscription failed; resubscribing");
                     self.subscription = None;
                     continue;
                 }
                 None => {
-                    tracing::warn!("events stream subscription ended; resubscribing");
+                    tracing::warn!(stream = %self.stream, "stream subscription ended; resubscribing");
                     self.subscription = None;
                     continue;
                 }
@@ -170,10 +179,9 @@ impl Feed {
         };
         let mut args = FieldTable::default();
         args.insert("x-stream-offset".into(), offset);
-        let stream = self.broker.topology().events_stream();
         let consumer = channel
             .basic_consume(
-                stream.as_str().into(),
+                self.stream.as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 args,

@@ -116,7 +116,7 @@ impl Group {
             Some(Status::Running) => {
                 self.running.insert(key, self.entries.len());
             }
-            Some(Status::Retrying | Status::Success | Status::Failed) => {
+            Some(Status::Retrying | Status::Success | Status::Failed | Status::Cancelled) => {
                 if let Some(i) = self.running.remove(&key) {
                     if let Some(running) = self.entries.get_mut(i).and_then(Option::take) {
                         p.waiters.extend(running.waiters);
