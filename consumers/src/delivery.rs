@@ -26,6 +26,7 @@ use imagejobs_core::message::{
 use imagejobs_core::status::{Status, StatusEvent};
 use imagejobs_core::trace::TraceContext;
 
+use crate::cancels::Cancels;
 use crate::metrics::{ConsumerMetrics, DeadReason, Stage};
 use crate::outcome::{self, Copy, Mark, Outcome, Route, Settlement, Then};
 use crate::pipeline::Pipeline;
@@ -45,6 +46,8 @@ pub struct Handler {
     pub events: EventSink,
     pub pipeline: Pipeline,
     pub stats: Arc<Stats>,
+    /// Cancels read from the control stream.
+    pub cancels: Arc<Cancels>,
     pub metrics: Arc<ConsumerMetrics>,
     /// Largest image a job may carry (`MAX_BODY_BYTES`).
     pub max_body: usize,
@@ -149,6 +152,11 @@ impl Handler {
             }
         };
         let meta = &job.meta;
+        // A cancelled job never reaches the worker; one cancelled while it runs is dropped.
+        let Some(tracked) = self.cancels.track(meta.id) else {
+            tracing::info!(job_id = %meta.id, "job cancelled before it ran");
+            return settled(Some(meta), Outcome::Cancelled, delays);
+        };
         let redeliveries = delivery_count(props);
         let limit = self.broker.topology().delivery_limit();
         if redeliveries > 0 && redeliveries + 1 >= limit {
@@ -161,7 +169,8 @@ impl Handler {
         // the work rather than before it; if it is lost the index moves on with the outcome.
         let running = StatusEvent::new(meta, Status::Running);
         let running = self.events.publish(&running);
-        let (running, outcome) = tokio::join!(running, self.pipeline.run(&job, abandon, trace));
+        let attempt = self.pipeline.run(&job, abandon, tracked.token(), trace);
+        let (running, outcome) = tokio::join!(running, attempt);
         if let Err(e) = running {
             tracing::debug!(job_id = %meta.id, error = %e, "RUNNING event not confirmed");
         }

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: the settings. This file: [`Consumer`], the process (build, subscribe
 //!   again after any failure, drain on shutdown).
+//! - `cancels`: the cancels read from the control stream, and the jobs they stop.
 //! - `subscription`: the consume loop on one connection, one task per delivery.
 //! - `delivery`: one delivery from validation to ack or requeue.
 //! - [`outcome`]: the rules of DESIGN §5 as a pure function, from how an attempt ended to
@@ -15,6 +16,7 @@
 //! `pipeline` → `services`, `retry`. The crate depends on `imagejobs-core` and never on
 //! the ingress.
 
+mod cancels;
 pub mod config;
 mod delivery;
 pub mod metrics;
@@ -38,6 +40,7 @@ use imagejobs_core::events::EventSink;
 use imagejobs_core::topology::Topology;
 
 pub use config::ConsumerConfig;
+use cancels::Cancels;
 use delivery::Handler;
 pub use delivery::Stats;
 use metrics::ConsumerMetrics;
@@ -90,6 +93,13 @@ impl Consumer {
         let broker_stop = CancellationToken::new();
         let broker = Broker::start(broker_config, broker_stop.clone());
         let metrics = Arc::new(ConsumerMetrics::new());
+        let cancels = Arc::new(Cancels::default());
+        tokio::spawn(cancels::follow(
+            cancels.clone(),
+            broker.clone(),
+            config.broker.topology.control_max_age.duration(),
+            broker_stop.clone(),
+        ));
         let metrics_addr = match config.metrics_port {
             None => None,
             Some(port) => {
@@ -115,6 +125,7 @@ impl Consumer {
                 metrics: metrics.clone(),
             },
             stats: Arc::default(),
+            cancels,
             metrics,
             max_body: config.max_body_bytes.as_usize(),
         });
@@ -150,6 +161,11 @@ impl Consumer {
             abandon: &abandon,
         };
         let broker = &self.handler.broker;
+        // No job before every cancel published so far is known (see `cancels`).
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = self.handler.cancels.caught_up() => {}
+        }
         let mut pause = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut held: Option<Channel> = None;
         loop {

@@ -202,6 +202,7 @@ impl ConsumerMetrics {
             "SUCCESS" => "SUCCESS",
             "FAILED" => "FAILED",
             "RETRYING" => "RETRYING",
+            "CANCELLED" => "CANCELLED",
             _ => "other",
         }
     }

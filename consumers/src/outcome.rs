@@ -14,6 +14,7 @@
 //! | permanent (4xx) | `{p}.jobs.dlx`, `x-error` | FAILED | ack |
 //! | invalid message | `{p}.jobs.dlx`, `x-error` | FAILED when the job is known | ack |
 //! | last delivery before the limit | `{p}.jobs.dlx`, `x-error` | FAILED | ack |
+//! | cancelled (before or while it ran) | none | CANCELLED | ack |
 //! | abandoned (drain timeout) | none | none | requeue |
 //!
 //! Every "ack" is conditional: the delivery is acked only after the copy and the event are
@@ -40,6 +41,9 @@ pub enum Outcome {
     /// The broker delivered it this many times without an outcome (consumers crashed or
     /// lost the broker while holding it); this is its last delivery before the limit.
     DeliveryLimit { deliveries: u32 },
+    /// The job's tenant cancelled it (read from the control stream): it is not started,
+    /// or no longer followed.
+    Cancelled,
     /// The consumer gave up waiting for the attempt (drain timeout at shutdown).
     Abandoned,
 }
@@ -137,6 +141,11 @@ pub fn settle(
         Outcome::DeliveryLimit { deliveries } => dead(format!(
             "delivered {deliveries} times without an outcome (consumers crashed or lost the broker while holding it)"
         )),
+        Outcome::Cancelled => Settlement {
+            copy: None,
+            event: event(Status::Cancelled),
+            then: Then::Ack,
+        },
         Outcome::Abandoned => Settlement {
             copy: None,
             event: None,
@@ -313,6 +322,16 @@ mod tests {
         assert_eq!(copy.route, Route::DeadLetter);
         assert!(matches!(copy.mark, Mark::Error(ref e) if e.contains("delivered 10 times")));
         assert_eq!(status(&s), Some("FAILED"));
+        assert_eq!(s.then, Then::Ack);
+    }
+
+    #[test]
+    fn a_cancelled_job_is_reported_and_acked_without_a_copy() {
+        let j = job(2);
+        let s = settle(Some(&j), Outcome::Cancelled, &DELAYS, now());
+        assert_eq!(s.copy, None);
+        assert_eq!(status(&s), Some("CANCELLED"));
+        assert_eq!(s.event.as_ref().map(|e| e.attempt), Some(2));
         assert_eq!(s.then, Then::Ack);
     }
 

@@ -36,15 +36,19 @@ impl From<CallError> for Outcome {
 }
 
 impl Pipeline {
-    /// Runs one attempt of `job`; `abandon` ends it early with [`Outcome::Abandoned`].
+    /// Runs one attempt of `job`; `abandon` ends it early with [`Outcome::Abandoned`],
+    /// `cancel` (the job's cancel read from the control stream) with
+    /// [`Outcome::Cancelled`]: the worker's job is no longer followed.
     pub async fn run(
         &self,
         job: &JobMessage,
         abandon: &CancellationToken,
+        cancel: &CancellationToken,
         trace: &TraceContext,
     ) -> Outcome {
         tokio::select! {
             _ = abandon.cancelled() => Outcome::Abandoned,
+            _ = cancel.cancelled() => Outcome::Cancelled,
             r = self.attempt(job, trace) => r.unwrap_or_else(Outcome::from),
         }
     }
