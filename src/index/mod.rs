@@ -1,17 +1,30 @@
 //! The job index: what the ingress knows of every job, rebuilt from the events stream.
 //!
 //! Invariants: applying an event twice, or late, changes nothing it should not; a status
-//! never moves backwards within an attempt (QUEUED < RUNNING < RETRYING < SUCCESS|FAILED,
-//! and the first terminal status of an attempt stays); a higher attempt wins.
+//! never moves backwards within an attempt (QUEUED < RUNNING < RETRYING < SUCCESS|FAILED|
+//! CANCELLED, and the first terminal status of an attempt stays); a higher attempt wins;
+//! CANCELLED is final over every attempt, and replaces any status not yet terminal (the
+//! tenant asked; a consumer that missed the cancel reports an outcome nobody reads).
+//! These depend only on the order of the events stream, so every replica agrees.
+//!
+//! Beside the records: each tenant's jobs in creation order ([`order`], for listing),
+//! the watchers of jobs and tenants ([`watch`], for server-sent events) and each tenant's
+//! recent throughput ([`throughput`], for the dashboard).
 //! Records are kept compact (60 bytes with their key; texts and owners beside them)
 //! because an ingress holds every job of the stream's retention window.
 
 pub mod follow;
 mod location;
+mod order;
 mod owner;
 mod table;
+mod throughput;
+pub mod watch;
 
-use std::collections::HashMap;
+/// Width of a bucket of [`JobIndex::throughput`], in seconds.
+pub const BUCKET_SECS: u64 = throughput::BUCKET_MS / 1000;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -103,6 +116,14 @@ pub struct JobView {
     pub updated_at: String,
 }
 
+impl JobView {
+    /// Where the job stands, as one number that grows with every change of its status
+    /// (attempt, then status): the `id:` of its server-sent events, equal on every replica.
+    pub fn seq(&self) -> u64 {
+        u64::from(self.attempts) * 8 + self.status as u64 + 1
+    }
+}
+
 /// Shared handle to the index; clone freely.
 #[derive(Clone)]
 pub struct JobIndex {
@@ -120,7 +141,54 @@ struct Inner {
     shards: Vec<RwLock<Shard>>,
     locations: location::Patterns,
     owners: owner::Owners,
+    order: order::Order,
+    watchers: Arc<watch::Watchers>,
+    throughput: throughput::Throughput,
     caught_up: AtomicBool,
+}
+
+/// One page of a tenant's jobs, newest first.
+#[derive(Debug)]
+pub struct Page {
+    pub jobs: Vec<JobView>,
+    /// Where the next page starts, when there is one.
+    pub next: Option<Cursor>,
+}
+
+/// A position in a tenant's job list: after the job created at `ms` with id `id`.
+/// Written `{ms}_{id}` in the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    ms: u64,
+    id: JobId,
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_{}", self.ms, self.id)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (ms, id) = s.split_once('_').ok_or(())?;
+        Ok(Cursor {
+            ms: ms.parse().map_err(|_| ())?,
+            id: id.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// Entries a listing looks at, at most, to fill a page with a status filter: a page may
+/// come back short, with a `next` that goes on from where it stopped.
+const LIST_SCAN: usize = 100_000;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Default for JobIndex {
@@ -143,6 +211,12 @@ fn rfc3339_of(ms: u64) -> String {
 
 /// Whether `(attempt, status)` may replace `(cur_attempt, cur)`.
 fn supersedes(attempt: u32, status: Status, cur_attempt: u32, cur: Status) -> bool {
+    if cur == Status::Cancelled {
+        return false;
+    }
+    if status == Status::Cancelled {
+        return !cur.is_terminal() || attempt > cur_attempt;
+    }
     if attempt != cur_attempt {
         return attempt > cur_attempt;
     }
@@ -156,6 +230,9 @@ impl JobIndex {
                 shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
                 locations: location::Patterns::default(),
                 owners: owner::Owners::default(),
+                order: order::Order::default(),
+                watchers: Arc::default(),
+                throughput: throughput::Throughput::default(),
                 caught_up: AtomicBool::new(false),
             }),
         }
@@ -183,12 +260,14 @@ impl JobIndex {
             .as_deref()
             .map(|l| self.inner.locations.store(ev.job_id, l));
         let owner = self.inner.owners.store(ev.tenant_id, ev.client_id);
+        let mut created_now = false;
         let mut guard = self
             .shard(ev.job_id)
             .write()
             .unwrap_or_else(|p| p.into_inner());
         let shard = &mut *guard;
         let made = shard.records.get_or_insert_with(ev.job_id, || {
+            created_now = true;
             let mut r = Record {
                 md5: [0; 16],
                 created_s: 0,
@@ -232,10 +311,19 @@ impl JobIndex {
             }
         }
         let updated = rec.updated_ms();
-        let created = rec.created_ms().min(at);
+        let was_created = rec.created_ms();
+        let created = was_created.min(at);
         rec.set_times(created, updated);
+        let was_terminal = rec.status.is_terminal() && rec.attempt != 0;
+        let mut became = None;
         if rec.attempt == 0 || supersedes(ev.attempt, status, u32::from(rec.attempt), rec.status) {
-            rec.attempt = u16::try_from(ev.attempt.max(1)).unwrap_or(u16::MAX);
+            // A cancel may come with the attempt the ingress last saw: the count stays.
+            let attempt = match status {
+                Status::Cancelled => ev.attempt.max(u32::from(rec.attempt)),
+                _ => ev.attempt,
+            };
+            rec.attempt = u16::try_from(attempt.max(1)).unwrap_or(u16::MAX);
+            became = Some(status);
             rec.status = status;
             rec.set_times(created, updated.max(at));
             // The error belongs to this status; a location stays until a new one comes.
@@ -265,7 +353,75 @@ impl JobIndex {
             }
             changed = true;
         }
+        drop(guard);
+        // The other structures, with the shard unlocked (a listing holds the order's lock
+        // while it reads shards).
+        let key = |ms: u64| (ms, ev.job_id);
+        if created_now {
+            self.inner.order.insert(ev.tenant_id, key(created));
+        } else if created != was_created {
+            self.inner
+                .order
+                .moved(ev.tenant_id, key(was_created), key(created));
+        }
+        if let Some(s @ (Status::Success | Status::Failed)) = became {
+            if !was_terminal {
+                let success = s == Status::Success;
+                let ended = &self.inner.throughput;
+                ended.ended(ev.tenant_id, at, success, now_ms());
+            }
+        }
+        if changed {
+            self.inner.watchers.notify(ev.tenant_id, ev.job_id);
+        }
         changed
+    }
+
+    /// One page of `tenant`'s jobs, newest first (by creation, ties by id), with `status`
+    /// only when given, starting after `after`.
+    pub fn list(
+        &self,
+        tenant: TenantId,
+        status: Option<Status>,
+        limit: usize,
+        after: Option<Cursor>,
+    ) -> Page {
+        let mut jobs = Vec::with_capacity(limit.min(1000));
+        let before = after.map(|c| (c.ms, c.id));
+        let (last, more) = self.inner.order.walk(tenant, before, LIST_SCAN, |&(_, id)| {
+            if let Some(job) = self.get(id) {
+                if status.is_none_or(|s| s == job.status) {
+                    jobs.push(job);
+                }
+            }
+            jobs.len() < limit
+        });
+        let next = match last {
+            Some((ms, id)) if more => Some(Cursor { ms, id }),
+            _ => None,
+        };
+        Page { jobs, next }
+    }
+
+    /// A watcher of one job's changes.
+    pub fn watch_job(&self, id: JobId) -> watch::JobWatch {
+        self.inner.watchers.watch_job(id)
+    }
+
+    /// A watcher of every change of a tenant's jobs.
+    pub fn watch_tenant(&self, tenant: TenantId) -> watch::TenantWatch {
+        self.inner.watchers.watch_tenant(tenant)
+    }
+
+    /// Watchers registered now.
+    pub fn watchers(&self) -> usize {
+        self.inner.watchers.count()
+    }
+
+    /// `tenant`'s jobs that succeeded and that failed per 10 s, over the last 5 minutes,
+    /// oldest first.
+    pub fn throughput(&self, tenant: TenantId) -> (Vec<u32>, Vec<u32>) {
+        self.inner.throughput.series(tenant, now_ms())
     }
 
     pub fn get(&self, id: JobId) -> Option<JobView> {
@@ -307,6 +463,7 @@ impl JobIndex {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let mut evicted = 0;
+        let mut gone = HashSet::new();
         for shard in &self.inner.shards {
             let mut guard = shard.write().unwrap_or_else(|p| p.into_inner());
             let shard = &mut *guard;
@@ -317,10 +474,14 @@ impl JobIndex {
                 if !keep && r.flags & (TEXT_IS_ERROR | TEXT_IS_LOCATION) != 0 {
                     texts.remove(id);
                 }
+                if !keep {
+                    gone.insert(*id);
+                }
                 keep
             });
             evicted += before - shard.records.len();
         }
+        self.inner.order.remove(&gone);
         evicted
     }
 
@@ -343,7 +504,8 @@ impl JobIndex {
                 let texts: usize = s.texts.values().map(|t| t.len() + 40).sum();
                 s.records.heap_bytes() + texts
             })
-            .sum()
+            .sum::<usize>()
+            + self.inner.order.heap_bytes()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -457,6 +619,55 @@ mod tests {
         assert_eq!(idx.get(id).unwrap().attempts, 2);
         idx.apply(&ev(id, Status::Retrying, 1));
         assert_eq!(idx.get(id).unwrap().status, Status::Running);
+    }
+
+    #[test]
+    fn cancelled_is_final_and_never_lowers_the_attempt() {
+        let idx = JobIndex::new();
+        let id = JobId::new();
+        idx.apply(&ev(id, Status::Running, 2));
+        let seq = idx.get(id).unwrap().seq();
+        assert!(idx.apply(&ev(id, Status::Cancelled, 1)), "a cancel beats RUNNING");
+        let v = idx.get(id).unwrap();
+        assert_eq!((v.status, v.attempts), (Status::Cancelled, 2));
+        assert!(v.seq() > seq, "the sequence only grows");
+        for late in [Status::Success, Status::Failed, Status::Running] {
+            assert!(!idx.apply(&ev(id, late, 3)), "{late} after CANCELLED");
+        }
+        let done = JobId::new();
+        idx.apply(&ev(done, Status::Success, 1));
+        assert!(!idx.apply(&ev(done, Status::Cancelled, 1)), "first final stays");
+        assert_eq!(idx.get(done).unwrap().status, Status::Success);
+    }
+
+    #[test]
+    fn listing_is_per_tenant_newest_first_and_paginates() {
+        let idx = JobIndex::new();
+        let mut ids = vec![];
+        for i in 0..7u32 {
+            let id = JobId::new();
+            let mut e = ev(id, Status::Queued, 1);
+            e.at = format!("2020-01-01T00:00:0{i}.000Z");
+            if i == 3 {
+                e.tenant_id = TenantId(2);
+            }
+            idx.apply(&e);
+            ids.push(id);
+        }
+        idx.apply(&ev(ids[5], Status::Success, 1));
+        let page = idx.list(TenantId(1), None, 4, None);
+        let got: Vec<JobId> = page.jobs.iter().map(|j| j.id).collect();
+        assert_eq!(got, vec![ids[6], ids[5], ids[4], ids[2]]);
+        let rest = idx.list(TenantId(1), None, 4, page.next);
+        let got: Vec<JobId> = rest.jobs.iter().map(|j| j.id).collect();
+        assert_eq!(got, vec![ids[1], ids[0]]);
+        assert!(rest.next.is_none());
+        let done = idx.list(TenantId(1), Some(Status::Success), 10, None);
+        assert_eq!(done.jobs.len(), 1);
+        assert_eq!(idx.list(TenantId(2), None, 10, None).jobs[0].id, ids[3]);
+        let cursor = page.next.unwrap();
+        assert_eq!(cursor.to_string().parse::<Cursor>(), Ok(cursor));
+        assert!("nope".parse::<Cursor>().is_err());
     }
 
     #[test]
