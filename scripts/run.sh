@@ -93,6 +93,7 @@ token=$("$bin/imagejobs" token --tenant 1 --client 1)
 cat <<INFO
 
 imagejobs is up:
+  dashboard  http://127.0.0.1:$SERVER_PORT/  (open it and paste the token below)
   ingress    http://127.0.0.1:$SERVER_PORT   (logs: .run/ingress.log)
   consumers  $consumers                        (logs: .run/consumer-*.log)
   stubs      worker http://127.0.0.1:$WORKER_PORT, blob http://127.0.0.1:$BLOB_PORT
@@ -111,6 +112,7 @@ Submit with curl:
 Or with the CLI (another terminal; export the token first):
   ./target/release/imagejobs submit --wait examples/*.png
   ./target/release/imagejobs status <id>
+  ./target/release/imagejobs list; ./target/release/imagejobs watch <id>; ./target/release/imagejobs cancel <id>
   . rabbitmq/.node/env && RETRY_DELAYS=$RETRY_DELAYS ./target/release/imagejobs top --consumer-metrics $metrics_urls
 
 Ctrl-C stops everything.

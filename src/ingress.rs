@@ -112,6 +112,27 @@ pub struct IngressConfig {
     /// On SIGTERM, seconds to let requests in flight finish before closing the rest.
     #[arg(long = "drain-timeout-secs", env = "DRAIN_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
     pub drain_timeout: Duration,
+
+    /// Base URL of the blob service, where `GET /api/v1/job/{id}/result` fetches results
+    /// whose location is not an absolute URL.
+    #[arg(
+        long,
+        env = "BLOB_SERVICE_URL",
+        default_value = "http://127.0.0.1:8081/api/v1"
+    )]
+    pub blob_service_url: reqwest::Url,
+
+    /// CA certificates (PEM) to trust for an `https://` blob service, besides the system's.
+    #[arg(long, env = "SERVICE_CA_FILE")]
+    pub service_ca_file: Option<PathBuf>,
+
+    /// Seconds between the comment lines that keep an idle event stream open.
+    #[arg(long = "sse-heartbeat-secs", env = "SSE_HEARTBEAT_SECS", default_value = "15", value_parser = config::secs)]
+    pub sse_heartbeat: Duration,
+
+    /// Event streams (`/events`) open at once at most; beyond them the answer is 503.
+    #[arg(long, env = "MAX_WATCHERS", default_value_t = 10_000)]
+    pub max_watchers: usize,
 }
 
 impl Default for IngressConfig {
@@ -138,6 +159,11 @@ impl Default for IngressConfig {
             body_timeout: Duration::from_secs(30),
             max_in_flight: 512,
             drain_timeout: Duration::from_secs(30),
+            blob_service_url: reqwest::Url::parse("http://127.0.0.1:8081/api/v1")
+                .unwrap_or_else(|_| unreachable!("a valid URL")),
+            service_ca_file: None,
+            sse_heartbeat: Duration::from_secs(15),
+            max_watchers: 10_000,
         }
     }
 }
@@ -213,11 +239,18 @@ impl IngressConfig {
             self.max_in_flight.to_string(),
             "--drain-timeout-secs".into(),
             self.drain_timeout.as_secs().to_string(),
+            "--blob-service-url".into(),
+            self.blob_service_url.to_string(),
+            "--sse-heartbeat-secs".into(),
+            self.sse_heartbeat.as_secs().to_string(),
+            "--max-watchers".into(),
+            self.max_watchers.to_string(),
         ]);
         for (flag, path) in [
             ("--jwt-public-key-file", &self.jwt_public_key_file),
             ("--tls-cert-file", &self.tls_cert_file),
             ("--tls-key-file", &self.tls_key_file),
+            ("--service-ca-file", &self.service_ca_file),
         ] {
             if let Some(path) = path {
                 out.extend([flag.into(), path.display().to_string()]);
@@ -290,7 +323,21 @@ impl Ingress {
             config.broker.topology.events_max_age.duration(),
             broker_stop.clone(),
         ));
+        let results = crate::http::result::Results::new(
+            &config.blob_service_url,
+            config
+                .service_ca_file
+                .as_deref()
+                .map(imagejobs_core::tls::read_pem)
+                .transpose()?
+                .as_deref(),
+        )?;
         let state = AppState::new(Shared {
+            results,
+            sse_heartbeat: config.sse_heartbeat,
+            watchers: Arc::new(tokio::sync::Semaphore::new(config.max_watchers.max(1))),
+            shutdown: shutdown.clone(),
+            queue_depth: Default::default(),
             broker,
             events: events.clone(),
             verifier,

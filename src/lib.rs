@@ -8,7 +8,7 @@
 //! - [`index`]: the job index and the follower that feeds it from the events stream;
 //!   [`outbox`]: QUEUED events that still have to reach the stream.
 //! - [`metrics`]: the Prometheus metrics of `GET /metrics`.
-//! - [`cli`]: the `imagejobs` command.
+//! - [`cli`]: the `imagejobs` command; [`sse`]: its reader of server-sent events.
 //!
 //! What the consumer shares with the ingress (wire types, topology, broker connection,
 //! events stream) is in `imagejobs-core`.
@@ -22,3 +22,4 @@ pub mod ingress;
 pub mod metrics;
 pub mod outbox;
 pub mod ratelimit;
+pub mod sse;

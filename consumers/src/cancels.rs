@@ -1,11 +1,13 @@
 //! The cancels this consumer knows of, read from the control stream
 //! (`imagejobs_core::control`), and the jobs it runs that a cancel must stop.
 //!
-//! The consumer takes no job before [`Cancels::caught_up`]: it reads the stream from its
-//! first message and publishes a marker of its own, and counts as caught up when it reads
-//! the marker back. So a job cancelled before this consumer started never reaches its
-//! worker. After that, [`follow`] keeps reading; a broken subscription resumes after the
-//! last offset read.
+//! The consumer subscribes to the work queue on a connection only once [`Cancels::synced`]
+//! says the control stream has been read on that connection up to a marker of its own,
+//! published after the stream's subscription: so a job cancelled before this consumer
+//! started, or while it was cut off from the broker, never reaches its worker. [`follow`]
+//! reads the stream from its first message, and after a lost subscription from the offset
+//! after the last one read; a marker that does not come back (unconfirmed, or the broker
+//! blocked publishers) is sent again every few seconds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,17 +33,22 @@ struct State {
 /// See the module docs.
 pub struct Cancels {
     state: Mutex<State>,
-    caught_up: watch::Sender<bool>,
+    /// The broker connection (its number, `Broker::connections_made`) on which the stream
+    /// was last read up to a marker; 0 before the first time.
+    synced: watch::Sender<u64>,
 }
 
 impl Default for Cancels {
     fn default() -> Self {
         Cancels {
             state: Mutex::default(),
-            caught_up: watch::Sender::new(false),
+            synced: watch::Sender::new(0),
         }
     }
 }
+
+/// How long a marker may take to come back before another is sent.
+const MARKER_AGAIN: Duration = Duration::from_secs(5);
 
 /// A job being run, registered with [`Cancels::track`]; unregistered when dropped.
 pub struct Tracked<'a> {
@@ -115,17 +122,20 @@ impl Cancels {
         self.lock().cancelled.retain(|_, at| *at > cutoff);
     }
 
-    /// Returns once the stream has been read up to where it stood when this consumer
-    /// subscribed to it.
-    pub async fn caught_up(&self) {
-        let mut rx = self.caught_up.subscribe();
+    /// Returns once the stream has been read, on connection number `connection` or a
+    /// later one, up to a marker published after subscribing on it.
+    pub async fn synced(&self, connection: u64) {
+        let mut rx = self.synced.subscribe();
         // Only an error if the sender is gone, which `self` prevents.
-        let _ = rx.wait_for(|c| *c).await;
+        let _ = rx.wait_for(|n| *n >= connection).await;
     }
+}
 
-    pub fn is_caught_up(&self) -> bool {
-        *self.caught_up.borrow()
-    }
+/// The marker this follower waits for, and the connection it was sent for.
+struct Pending {
+    id: JobId,
+    connection: u64,
+    sent: tokio::time::Instant,
 }
 
 /// Reads the control stream into `cancels` until `shutdown`, from its first message.
@@ -137,8 +147,9 @@ pub async fn follow(
 ) {
     let stream = broker.topology().control_stream();
     let mut feed = Feed::of_stream(broker.clone(), stream, Start::First, FeedConfig::default());
-    let mut marker: Option<JobId> = None;
+    let mut pending: Option<Pending> = None;
     let mut forget = tokio::time::interval(Duration::from_secs(3600));
+    let mut again = tokio::time::interval(MARKER_AGAIN);
     loop {
         let item = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -146,29 +157,35 @@ pub async fn follow(
                 cancels.forget_older_than(max_age);
                 continue;
             }
+            _ = again.tick() => {
+                if let Some(p) = pending.as_mut().filter(|p| p.sent.elapsed() >= MARKER_AGAIN) {
+                    p.id = send_marker(&broker).await;
+                    p.sent = tokio::time::Instant::now();
+                }
+                continue;
+            }
             item = feed.next() => item,
         };
         match item {
-            FeedItem::Subscribed if !cancels.is_caught_up() => {
-                let m = ControlMessage::marker();
-                if let ControlMessage::Marker { id } = &m {
-                    marker = Some(*id);
-                }
-                // An unconfirmed marker is never read back: the next subscription sends
-                // another.
-                if let Err(e) = m.publish(&broker).await {
-                    tracing::warn!(error = %e, "could not publish the control stream marker");
-                }
+            FeedItem::Subscribed => {
+                // Subscribed on the connection that is live now.
+                let connection = broker.connections_made();
+                pending = Some(Pending {
+                    id: send_marker(&broker).await,
+                    connection,
+                    sent: tokio::time::Instant::now(),
+                });
             }
-            FeedItem::Subscribed => {}
             FeedItem::Message { data, .. } => match ControlMessage::decode(&data) {
                 Some(ControlMessage::Cancel { job_id, .. }) => cancels.cancel(job_id),
-                Some(ControlMessage::Marker { id }) if Some(id) == marker => {
-                    cancels.caught_up.send_replace(true);
-                    tracing::info!(
-                        cancelled = cancels.len(),
-                        "control stream read: taking jobs"
-                    );
+                Some(ControlMessage::Marker { id }) if pending.as_ref().is_some_and(|p| p.id == id) => {
+                    if let Some(p) = pending.take() {
+                        cancels.synced.send_replace(p.connection);
+                        tracing::info!(
+                            cancelled = cancels.len(),
+                            "control stream read up to its end: taking jobs"
+                        );
+                    }
                 }
                 Some(ControlMessage::Marker { .. }) => {}
                 None => tracing::debug!("skipping a control message this version does not know"),
@@ -176,6 +193,15 @@ pub async fn follow(
         }
     }
     feed.close().await;
+}
+
+/// Publishes a marker; its id (a marker that was not confirmed is sent again later).
+async fn send_marker(broker: &Broker) -> JobId {
+    let id = JobId::new();
+    if let Err(e) = (ControlMessage::Marker { id }).publish(broker).await {
+        tracing::warn!(error = %e, "could not publish the control stream marker; trying again");
+    }
+    id
 }
 
 #[cfg(test)]

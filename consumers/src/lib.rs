@@ -161,11 +161,6 @@ impl Consumer {
             abandon: &abandon,
         };
         let broker = &self.handler.broker;
-        // No job before every cancel published so far is known (see `cancels`).
-        tokio::select! {
-            _ = self.shutdown.cancelled() => {}
-            _ = self.handler.cancels.caught_up() => {}
-        }
         let mut pause = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut held: Option<Channel> = None;
         loop {
@@ -173,6 +168,12 @@ impl Consumer {
                 _ = self.shutdown.cancelled() => break,
                 live = broker.wait_live() => live,
             };
+            // No job before every cancel published so far is known (see `cancels`).
+            let connection = broker.connections_made();
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = self.handler.cancels.synced(connection) => {}
+            }
             match subscription.run(&live, &self.shutdown).await {
                 Ok(channel) => {
                     held = Some(channel);

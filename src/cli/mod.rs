@@ -1,7 +1,8 @@
-//! The `imagejobs` command-line client: dev tokens, submitting files, job status, the
-//! dead-letter queue, and `top`.
+//! The `imagejobs` command-line client: dev tokens, submitting files, job status, listing,
+//! watching and cancelling jobs, the dead-letter queue, and `top`.
 
 mod dead;
+mod jobs;
 mod submit;
 mod top;
 
@@ -41,6 +42,12 @@ pub enum Command {
         /// The job id printed by `submit`.
         id: String,
     },
+    /// List your recent jobs, newest first.
+    List(jobs::ListArgs),
+    /// Follow one job's status changes live until it ends.
+    Watch(jobs::WatchArgs),
+    /// Cancel a job: a queued one never runs, a running one is stopped.
+    Cancel(jobs::CancelArgs),
     /// Look into and replay the dead-letter queue.
     Dead {
         #[command(flatten)]
@@ -178,6 +185,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::List(args) => jobs::list(args).await,
+        Command::Watch(args) => jobs::watch(args).await,
+        Command::Cancel(args) => jobs::cancel(args).await,
         Command::Dead { broker, command } => dead::run(broker, command).await,
         Command::Top(args) => top::run(args).await,
         Command::Definitions { topology } => {

@@ -92,7 +92,8 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             let (http, pb, api) = (http.clone(), pb.clone(), &args.api);
             let token = token.clone();
             async move {
-                let job = follow(&http, api.base(), &token, id, deadline).await;
+                let followed = super::jobs::follow(&http, api.base(), &token, id, deadline, |_| {});
+                let job = followed.await.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
                 let status = job["status"].as_str().unwrap_or("UNKNOWN").to_owned();
                 let extra = match (job["payload_location"].as_str(), job["error"].as_str()) {
                     (_, Some(e)) => format!("  {e}"),
@@ -152,36 +153,4 @@ async fn upload(
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| "no id in the answer".into())
-}
-
-/// Polls the job until it ends or the deadline passes; returns its last known JSON.
-async fn follow(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    id: &str,
-    deadline: tokio::time::Instant,
-) -> Value {
-    let mut last = Value::Null;
-    let mut wait = Duration::from_millis(50);
-    loop {
-        if let Ok(resp) = http
-            .get(format!("{base}/api/v1/job/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-        {
-            if let Ok(v) = resp.json::<Value>().await {
-                last = v;
-            }
-        }
-        if matches!(last["status"].as_str(), Some("SUCCESS" | "FAILED")) {
-            return last;
-        }
-        if tokio::time::Instant::now() + wait > deadline {
-            return last;
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(1));
-    }
 }

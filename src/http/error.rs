@@ -22,6 +22,12 @@ pub enum ApiError {
     Unauthorized(#[from] AuthError),
     #[error("not found")]
     NotFound,
+    #[error("not found")]
+    NoResult,
+    #[error("conflict")]
+    Conflict(String),
+    #[error("bad gateway")]
+    BadGateway(String),
     #[error("method not allowed")]
     MethodNotAllowed { allowed: String },
     #[error("request timeout")]
@@ -51,6 +57,10 @@ pub enum Rejected {
     BrokerUnavailable,
     /// The cap on requests in flight (`MAX_IN_FLIGHT`).
     InFlight,
+    /// The cap on event streams open at once (`MAX_WATCHERS`).
+    Watchers,
+    /// The index is still reading the events stream.
+    CatchingUp,
 }
 
 impl Rejected {
@@ -62,6 +72,8 @@ impl Rejected {
             Rejected::BrokerBlocked => "broker_blocked",
             Rejected::BrokerUnavailable => "broker_unavailable",
             Rejected::InFlight => "in_flight",
+            Rejected::Watchers => "watchers",
+            Rejected::CatchingUp => "catching_up",
         }
     }
 }
@@ -78,7 +90,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoResult => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -93,6 +107,8 @@ impl ApiError {
             ApiError::BadRequest { details, .. } => details.clone(),
             ApiError::Unauthorized(e) => e.to_string(),
             ApiError::NotFound => "no such job".into(),
+            ApiError::NoResult => "the job has no result: it has not succeeded".into(),
+            ApiError::Conflict(d) | ApiError::BadGateway(d) => d.clone(),
             ApiError::MethodNotAllowed { allowed } => {
                 format!("this route takes {allowed}")
             }
@@ -103,6 +119,17 @@ impl ApiError {
                 "the tenant is over its request rate; retry later".into()
             }
             ApiError::Unavailable { details, .. } => details.clone(),
+        }
+    }
+}
+
+impl ApiError {
+    /// 503 while the index is not caught up: an unknown id may only be unread yet.
+    pub fn catching_up() -> Self {
+        ApiError::Unavailable {
+            details: "the job index is catching up with the events stream; retry shortly".into(),
+            retry_after_secs: 1,
+            reason: Rejected::CatchingUp,
         }
     }
 }

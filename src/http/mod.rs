@@ -1,14 +1,18 @@
 //! The ingress's HTTP API (DESIGN §3): routes, shared state and the error type.
 
+mod cancel;
+mod dashboard;
 pub mod error;
 mod jobs;
+mod live;
+pub mod result;
 mod state;
 mod submit;
 pub mod upload;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
@@ -26,8 +30,17 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(crate::metrics::scrape))
         .route("/api/v1/job", submit_route)
-        .route("/api/v1/job/{id}", get(jobs::job))
+        .route("/api/v1/job/{id}", get(jobs::job).merge(delete(cancel::cancel)))
         .route("/api/v1/job/{id}/status", get(jobs::status))
+        .route("/api/v1/job/{id}/events", get(live::job_events))
+        .route("/api/v1/job/{id}/result", get(result::result))
+        .route("/api/v1/jobs", get(jobs::list))
+        .route("/api/v1/jobs/events", get(live::tenant_events))
+        .route("/api/v1/stats", get(dashboard::stats))
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::app_js))
+        .route("/dashboard/style.css", get(dashboard::style_css))
+        .route("/dashboard/favicon.svg", get(dashboard::favicon))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state);
     // Around the whole router: axum adds `Allow` to a 405 outside the routes' own layers.

@@ -33,6 +33,16 @@ pub struct Shared {
     pub index: JobIndex,
     pub outbox: Outbox,
     pub metrics: Arc<IngressMetrics>,
+    /// The client of `GET /api/v1/job/{id}/result`.
+    pub results: super::result::Results,
+    /// How often an idle event stream gets a comment line.
+    pub sse_heartbeat: std::time::Duration,
+    /// One permit per event stream open (`MAX_WATCHERS`).
+    pub watchers: Arc<tokio::sync::Semaphore>,
+    /// The dashboard's cached queue depth.
+    pub queue_depth: super::dashboard::QueueDepth,
+    /// Cancelled at shutdown: event streams end so that their clients move on.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl std::ops::Deref for AppState {

@@ -71,6 +71,8 @@ impl Pipeline {
             port: 0,
             jwt_secret: Some(Secret::new(SECRET)),
             publish_timeout: Duration::from_millis(1500),
+            blob_service_url: reqwest::Url::parse(&self.stubs.blob_url)
+                .expect("the stubs' URLs parse"),
             ..IngressConfig::default()
         }
     }
@@ -276,12 +278,53 @@ impl TestIngress {
             .expect("request sent")
     }
 
+    /// Submits `image` for `tenant` and returns the job id.
+    pub async fn submit_as(&self, image: &[u8], tenant: i64) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/job", self.url))
+            .bearer_auth(token(tenant, 1))
+            .header("content-type", "image/png")
+            .body(image.to_vec())
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(resp.status(), 202, "submit accepted");
+        let v: serde_json::Value = resp.json().await.expect("json");
+        v["id"].as_str().expect("id").to_owned()
+    }
+
     /// Submits `image` for tenant 1 and returns the job id.
     pub async fn submit_id(&self, image: &[u8]) -> String {
         let resp = self.submit_raw(image).await;
         assert_eq!(resp.status(), 202, "submit accepted");
         let v: serde_json::Value = resp.json().await.expect("json");
         v["id"].as_str().expect("id").to_owned()
+    }
+
+    /// `method path` (e.g. `/api/v1/jobs?limit=2`) as `tenant`'s client 1.
+    pub async fn call(&self, method: reqwest::Method, path: &str, tenant: i64) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token(tenant, 1))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `GET path` as `tenant`: the status and the JSON body (`Null` when not JSON).
+    pub async fn get_json(&self, path: &str, tenant: i64) -> (u16, serde_json::Value) {
+        let r = self.call(reqwest::Method::GET, path, tenant).await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    }
+
+    /// `DELETE /api/v1/job/{id}` as `tenant`: the status and the JSON body.
+    pub async fn cancel(&self, id: &str, tenant: i64) -> (u16, serde_json::Value) {
+        let path = format!("/api/v1/job/{id}");
+        let r = self.call(reqwest::Method::DELETE, &path, tenant).await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
     }
 
     pub async fn get_job(&self, id: &str, tenant: i64) -> reqwest::Response {
@@ -307,7 +350,7 @@ impl TestIngress {
                 return None;
             }
             let v: serde_json::Value = r.json().await.ok()?;
-            matches!(v["status"].as_str(), Some("SUCCESS" | "FAILED")).then_some(v)
+            matches!(v["status"].as_str(), Some("SUCCESS" | "FAILED" | "CANCELLED")).then_some(v)
         })
         .await
     }

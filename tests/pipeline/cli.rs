@@ -248,3 +248,52 @@ async fn rabbitmqs_own_metrics_are_served() {
         assert_eq!(resp.status(), 200, "{detailed}");
     }
 }
+
+#[tokio::test]
+async fn list_watch_and_cancel() {
+    let p = Pipeline::with_stubs(|s| s.running_ms = 200).await;
+    let ing = p.ingress().await;
+    let env = vec![
+        ("IMAGEJOBS_URL", ing.url.clone()),
+        ("IMAGEJOBS_TOKEN", token(1, 1)),
+    ];
+    // No consumer yet: both wait; one is cancelled from the CLI.
+    let cancelled = ing.submit_id(&png(20, 20)).await;
+    let watched = ing.submit_id(&png(21, 20)).await;
+    let (code, out, err) = cli(&["cancel", &cancelled], &env).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("CANCELLED"), "{out}");
+    let (code, _, err) = cli(&["cancel", &cancelled], &env).await;
+    assert_ne!(code, 0, "a second cancel is refused");
+    assert!(err.contains("conflict"), "{err}");
+
+    // `watch` follows the other job live from QUEUED to SUCCESS once a consumer runs.
+    let watch = {
+        let env = env.clone();
+        let id = watched.clone();
+        tokio::spawn(async move { cli(&["watch", &id], &env).await })
+    };
+    let consumer = p.consumer().await;
+    let (code, out, err) = watch.await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.first().is_some_and(|l| l.contains("QUEUED")), "{out}");
+    assert!(lines.last().is_some_and(|l| l.contains("SUCCESS")), "{out}");
+
+    let (code, out, err) = cli(&["list"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows[0].starts_with(&watched) && rows[0].contains("SUCCESS"), "{out}");
+    assert!(rows[1].starts_with(&cancelled) && rows[1].contains("CANCELLED"), "{out}");
+    let (code, out, err) = cli(&["list", "--status", "cancelled", "--limit", "1", "--json"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    let page: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["jobs"][0]["id"], cancelled.as_str());
+    assert!(page.get("next").is_none());
+    let (code, _, err) = cli(&["list", "--limit", "0"], &env).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("limit"), "{err}");
+    consumer.stop().await;
+    ing.stop().await;
+}

@@ -3,12 +3,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod cancel;
 mod cli;
 mod cluster;
 mod consumer;
 mod crash;
 mod hostile;
 mod index;
+mod listing;
+mod live;
 mod metrics;
 mod submit;
 mod submit_props;

@@ -1,0 +1,229 @@
+//! `imagejobs list`, `watch` and `cancel`, and the event-stream follower that
+//! `submit --wait` shares with `watch`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::ApiArgs;
+use crate::sse::SseStream;
+use imagejobs_core::backoff::Backoff;
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Only jobs of this status (QUEUED, RUNNING, RETRYING, SUCCESS, FAILED, CANCELLED).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Jobs per page (1–1000).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Continue after this cursor (the `next` an earlier page printed).
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Print the JSON page instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The job id.
+    pub id: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The job id.
+    pub id: String,
+}
+
+fn error_of(body: &Value) -> String {
+    format!(
+        "{}: {}",
+        body["error"].as_str().unwrap_or("error"),
+        body["details"].as_str().unwrap_or("")
+    )
+}
+
+pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let http = reqwest::Client::new();
+    let mut url = reqwest::Url::parse(&format!("{}/api/v1/jobs", args.api.base()))
+        .with_context(|| format!("{} is not a URL", args.api.url))?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("limit", &args.limit.to_string());
+        if let Some(s) = &args.status {
+            q.append_pair("status", &s.to_uppercase());
+        }
+        if let Some(a) = &args.after {
+            q.append_pair("after", a);
+        }
+    }
+    let resp = http
+        .get(url)
+        .bearer_auth(args.api.bearer()?)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("reaching the ingress at {}", args.api.url))?;
+    let ok = resp.status().is_success();
+    let body: Value = resp.json().await.context("reading the answer")?;
+    if !ok {
+        eprintln!("{}", error_of(&body));
+        return Ok(ExitCode::FAILURE);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let jobs = body["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
+    println!("{:<36}  {:<9}  {:>8}  {:<24}  DETAIL", "ID", "STATUS", "ATTEMPTS", "CREATED");
+    for job in jobs {
+        let detail = job["error"]
+            .as_str()
+            .or_else(|| job["payload_location"].as_str())
+            .unwrap_or("");
+        println!(
+            "{:<36}  {:<9}  {:>8}  {:<24}  {detail}",
+            job["id"].as_str().unwrap_or("?"),
+            job["status"].as_str().unwrap_or("?"),
+            job["attempts"],
+            job["created_at"].as_str().unwrap_or(""),
+        );
+    }
+    match body["next"].as_str() {
+        Some(next) => eprintln!("{} jobs; more with --after {next}", jobs.len()),
+        None => eprintln!("{} jobs", jobs.len()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let http = reqwest::Client::new();
+    let token = args.api.bearer()?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let job = follow(&http, args.api.base(), &token, &args.id, deadline, |job| {
+        let extra = job["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
+        println!(
+            "{}  {}  attempt {}{extra}",
+            job["updated_at"].as_str().unwrap_or(""),
+            job["status"].as_str().unwrap_or("?"),
+            job["attempts"]
+        );
+    })
+    .await?;
+    Ok(match job["status"].as_str() {
+        Some("SUCCESS") => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let http = reqwest::Client::new();
+    let resp = http
+        .delete(format!("{}/api/v1/job/{}", args.api.base(), args.id))
+        .bearer_auth(args.api.bearer()?)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("reaching the ingress at {}", args.api.url))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.context("reading the answer")?;
+    if status.as_u16() != 202 {
+        eprintln!("{}", error_of(&body));
+        return Ok(ExitCode::FAILURE);
+    }
+    if body["cancel_requested"] == true {
+        println!("{}  RUNNING: cancel requested, the consumer will stop it", args.id);
+    } else {
+        println!("{}  {}", args.id, body["status"].as_str().unwrap_or("?"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn is_terminal(job: &Value) -> bool {
+    matches!(job["status"].as_str(), Some("SUCCESS" | "FAILED" | "CANCELLED"))
+}
+
+/// Follows job `id` on its event stream until it ends or `deadline` passes, calling
+/// `on_change` with each state; returns the last. A broken stream (an ingress restarted,
+/// a proxy that cut it) is opened again with `Last-Event-ID`, so nothing is missed.
+/// Errors only when the ingress refuses the job (unknown, another tenant's, bad token).
+pub async fn follow(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    id: &str,
+    deadline: Instant,
+    mut on_change: impl FnMut(&Value),
+) -> anyhow::Result<Value> {
+    let url = format!("{base}/api/v1/job/{id}/events");
+    let mut last = Value::Null;
+    let mut last_id: Option<String> = None;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    while Instant::now() < deadline {
+        let mut req = http.get(&url).bearer_auth(token);
+        if let Some(seen) = &last_id {
+            req = req.header("last-event-id", seen);
+        }
+        let read = async {
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "event stream not reached; trying again");
+                    return Ok(());
+                }
+            };
+            let status = resp.status();
+            if matches!(status.as_u16(), 401 | 403 | 404) {
+                let body: Value = resp.json().await.unwrap_or_default();
+                anyhow::bail!("job {id}: HTTP {status}: {}", error_of(&body));
+            }
+            if !status.is_success() {
+                return Ok(()); // 503 while an ingress catches up: again shortly
+            }
+            let mut events = SseStream::new(resp);
+            while let Some(Ok(ev)) = events.next().await {
+                if ev.event != "status" {
+                    continue;
+                }
+                let Ok(job) = serde_json::from_str::<Value>(&ev.data) else {
+                    continue;
+                };
+                backoff.reset();
+                last_id = ev.id.or(last_id.take());
+                on_change(&job);
+                last = job;
+                if is_terminal(&last) {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(())) if is_terminal(&last) => return Ok(last),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => break,
+        }
+        let pause = backoff.next_delay();
+        if Instant::now() + pause >= deadline {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    Ok(last)
+}

@@ -1,0 +1,94 @@
+//! `GET /`: the dashboard, files compiled into the binary (no web server or Node build to
+//! run it), served with a strict content security policy; and `GET /api/v1/stats`, the
+//! figures it draws (queue depth, the tenant's recent throughput).
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use super::error::ApiError;
+use super::state::AppState;
+
+const INDEX_HTML: &str = include_str!("dashboard/index.html");
+const APP_JS: &str = include_str!("dashboard/app.js");
+const STYLE_CSS: &str = include_str!("dashboard/style.css");
+const FAVICON_SVG: &str = include_str!("dashboard/favicon.svg");
+
+/// Scripts and styles from this origin only, and no framing: the page holds a token.
+const CSP: &str = "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; \
+                   style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+fn file(content_type: &'static str, body: &'static str) -> Response {
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+pub async fn index() -> Response {
+    file("text/html; charset=utf-8", INDEX_HTML)
+}
+
+pub async fn app_js() -> Response {
+    file("text/javascript; charset=utf-8", APP_JS)
+}
+
+pub async fn style_css() -> Response {
+    file("text/css; charset=utf-8", STYLE_CSS)
+}
+
+pub async fn favicon() -> Response {
+    file("image/svg+xml", FAVICON_SVG)
+}
+
+/// The work queue's depth and consumers, asked of the broker at most once a second
+/// however many dashboards poll.
+#[derive(Default)]
+pub struct QueueDepth {
+    /// When it was last asked, and the answer (ready messages, consumers).
+    last: Mutex<Option<(Instant, Option<Depth>)>>,
+}
+
+type Depth = (u32, u32);
+
+const DEPTH_TTL: Duration = Duration::from_secs(1);
+
+impl QueueDepth {
+    async fn get(&self, app: &AppState) -> Option<Depth> {
+        let mut last = self.last.lock().await;
+        if let Some((at, depth)) = *last {
+            if at.elapsed() < DEPTH_TTL {
+                return depth;
+            }
+        }
+        let queue = app.broker.topology().work_queue();
+        let depth = tokio::time::timeout(DEPTH_TTL * 2, app.broker.queue_depth(&queue))
+            .await
+            .ok()
+            .flatten();
+        *last = Some((Instant::now(), depth));
+        depth
+    }
+}
+
+pub async fn stats(State(app): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let caller = app.verifier.verify_headers(&headers)?;
+    let depth = app.queue_depth.get(&app).await;
+    let (completed, failed) = app.index.throughput(caller.tenant_id);
+    Ok(Json(json!({
+        "queue_depth": depth.map(|d| d.0),
+        "consumers": depth.map(|d| d.1),
+        "bucket_secs": crate::index::BUCKET_SECS,
+        "completed": completed,
+        "failed": failed,
+    })))
+}
