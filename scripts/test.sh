@@ -6,6 +6,31 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/broker.sh
 . scripts/broker.sh
 
+# The dashboard's browser test drives Debian's headless Chromium through chromedriver.
+# Without them the rest of the suite still runs, and that test says loudly that it skips
+# (IMAGEJOBS_REQUIRE_BROWSER=1 makes it fail instead).
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
+browser_missing=""
+apt_ensure chromium chromium || browser_missing="chromium (Debian package chromium)"
+apt_ensure chromedriver chromium-driver \
+  || browser_missing="${browser_missing:+$browser_missing and }chromedriver (Debian package chromium-driver)"
+if [ -n "$browser_missing" ]; then
+  cat >&2 <<EOF
+
+################################################################################
+##
+##  WARNING: the dashboard's browser test will be SKIPPED: could not install
+##  $browser_missing.
+##  Every other test still runs. Install them (apt-get install chromium
+##  chromium-driver) to test what a person sees in the dashboard.
+##
+################################################################################
+
+EOF
+  export IMAGEJOBS_BROWSER=skip
+fi
+
 # One build for everything: the binaries the end-to-end tests start as child processes
 # (to SIGKILL them), the tests, the benchmark tool's smoke run and the chaos run. Binaries
 # and tests are built in one invocation so that the dev-dependencies' features unify once:

@@ -237,10 +237,20 @@ fn route_of(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/healthz" => "/healthz",
         "/ping" => "/ping",
+        "/api/v1/jobs" => "/api/v1/jobs",
+        "/api/v1/jobs/events" => "/api/v1/jobs/events",
+        "/api/v1/stats" => "/api/v1/stats",
+        "/" => "/",
+        "/dashboard/app.js" | "/dashboard/style.css" | "/dashboard/favicon.svg" => "/dashboard",
         _ => match path.strip_prefix("/api/v1/job/") {
             Some(rest) if !rest.is_empty() && !rest.contains('/') => "/api/v1/job/{id}",
-            Some(rest) if rest.ends_with("/status") && rest.matches('/').count() == 1 => {
-                "/api/v1/job/{id}/status"
+            Some(rest) if rest.matches('/').count() == 1 => {
+                match rest.rsplit_once('/').map(|(_, tail)| tail) {
+                    Some("status") => "/api/v1/job/{id}/status",
+                    Some("events") => "/api/v1/job/{id}/events",
+                    Some("result") => "/api/v1/job/{id}/result",
+                    _ => "other",
+                }
             }
             _ => "other",
         },
@@ -266,6 +276,16 @@ mod tests {
             "/api/v1/job/{id}/status"
         );
         assert_eq!(route_of("/api/v1/job/abc/x/status"), "other");
+        assert_eq!(
+            route_of("/api/v1/job/abc/events"),
+            "/api/v1/job/{id}/events"
+        );
+        assert_eq!(
+            route_of("/api/v1/job/abc/result"),
+            "/api/v1/job/{id}/result"
+        );
+        assert_eq!(route_of("/api/v1/job/abc/nope"), "other");
+        assert_eq!(route_of("/dashboard/app.js"), "/dashboard");
         assert_eq!(route_of("/api/v1/job/"), "other");
         assert_eq!(route_of("/etc/passwd"), "other");
     }

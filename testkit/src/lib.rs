@@ -14,6 +14,7 @@
 //! - [`exposition`]: a strict parser of Prometheus's text format; [`spans`]: the spans
 //!   that joined a trace.
 //! - [`poll`]: `eventually`, polling with a deadline; [`tls`]: certificates made at run time.
+//! - [`browser`]: headless Chromium through chromedriver (WebDriver), for the dashboard.
 //!
 //! ```no_run
 //! # async fn example() {
@@ -27,6 +28,7 @@
 //! # }
 //! ```
 
+pub mod browser;
 pub mod deployment;
 pub mod events;
 pub mod exposition;

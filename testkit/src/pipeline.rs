@@ -303,7 +303,12 @@ impl TestIngress {
     }
 
     /// `method path` (e.g. `/api/v1/jobs?limit=2`) as `tenant`'s client 1.
-    pub async fn call(&self, method: reqwest::Method, path: &str, tenant: i64) -> reqwest::Response {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        tenant: i64,
+    ) -> reqwest::Response {
         self.http
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(token(tenant, 1))
@@ -350,7 +355,11 @@ impl TestIngress {
                 return None;
             }
             let v: serde_json::Value = r.json().await.ok()?;
-            matches!(v["status"].as_str(), Some("SUCCESS" | "FAILED" | "CANCELLED")).then_some(v)
+            matches!(
+                v["status"].as_str(),
+                Some("SUCCESS" | "FAILED" | "CANCELLED")
+            )
+            .then_some(v)
         })
         .await
     }

@@ -20,7 +20,11 @@ async fn a_queued_job_cancelled_before_any_consumer_starts_never_reaches_the_wor
     let cancelled = ing.submit_id(&png(30, 30)).await;
     let kept = ing.submit_id(&png(31, 30)).await;
 
-    assert_eq!(ing.cancel(&cancelled, 2).await.0, 404, "another tenant's job");
+    assert_eq!(
+        ing.cancel(&cancelled, 2).await.0,
+        404,
+        "another tenant's job"
+    );
     let (code, body) = ing.cancel(&cancelled, 1).await;
     assert_eq!(code, 202, "{body}");
     assert_eq!(body, json!({ "id": cancelled, "status": "CANCELLED" }));
@@ -41,7 +45,11 @@ async fn a_queued_job_cancelled_before_any_consumer_starts_never_reaches_the_wor
     })
     .await;
     let stats = p.stubs.stats();
-    assert_eq!(stats.job_posts_for(&cancelled), 0, "the worker never saw it");
+    assert_eq!(
+        stats.job_posts_for(&cancelled),
+        0,
+        "the worker never saw it"
+    );
     assert_eq!(stats.blob_puts_for(&cancelled), 0);
     assert_eq!(status(&ing, &cancelled).await, "CANCELLED");
     let (_conn, ch) = p.deployment.channel().await;
@@ -52,7 +60,10 @@ async fn a_queued_job_cancelled_before_any_consumer_starts_never_reaches_the_wor
     let replica = p.ingress().await;
     assert_eq!(status(&replica, &cancelled).await, "CANCELLED");
     let statuses = statuses_of(&p.deployment, &cancelled).await;
-    assert!(statuses.iter().all(|s| s == "QUEUED" || s == "CANCELLED"), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| s == "QUEUED" || s == "CANCELLED"),
+        "{statuses:?}"
+    );
     replica.stop().await;
     consumer.stop().await;
     ing.stop().await;
@@ -107,7 +118,11 @@ async fn a_retrying_job_cancelled_does_not_come_back() {
         (consumer.acked() == 2).then_some(())
     })
     .await;
-    assert_eq!(p.stubs.stats().job_posts_for(&id), posts, "no further attempt ran");
+    assert_eq!(
+        p.stubs.stats().job_posts_for(&id),
+        posts,
+        "no further attempt ran"
+    );
     assert_eq!(status(&ing, &id).await, "CANCELLED");
     consumer.stop().await;
     ing.stop().await;

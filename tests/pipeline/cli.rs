@@ -284,9 +284,19 @@ async fn list_watch_and_cancel() {
     assert_eq!(code, 0, "{err}");
     let rows: Vec<&str> = out.lines().skip(1).collect();
     assert_eq!(rows.len(), 2, "{out}");
-    assert!(rows[0].starts_with(&watched) && rows[0].contains("SUCCESS"), "{out}");
-    assert!(rows[1].starts_with(&cancelled) && rows[1].contains("CANCELLED"), "{out}");
-    let (code, out, err) = cli(&["list", "--status", "cancelled", "--limit", "1", "--json"], &env).await;
+    assert!(
+        rows[0].starts_with(&watched) && rows[0].contains("SUCCESS"),
+        "{out}"
+    );
+    assert!(
+        rows[1].starts_with(&cancelled) && rows[1].contains("CANCELLED"),
+        "{out}"
+    );
+    let (code, out, err) = cli(
+        &["list", "--status", "cancelled", "--limit", "1", "--json"],
+        &env,
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     let page: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(page["jobs"][0]["id"], cancelled.as_str());

@@ -10,7 +10,10 @@ use tokio::time::Instant;
 const T: Duration = Duration::from_secs(20);
 
 async fn open(ing: &TestIngress, path: &str, last_id: Option<&str>) -> SseStream {
-    let mut req = ing.http.get(format!("{}{path}", ing.url)).bearer_auth(token(1, 1));
+    let mut req = ing
+        .http
+        .get(format!("{}{path}", ing.url))
+        .bearer_auth(token(1, 1));
     if let Some(id) = last_id {
         req = req.header("last-event-id", id);
     }
@@ -53,7 +56,10 @@ async fn a_jobs_events_come_in_order_and_end_after_its_final_status() {
         .map(|e| job_of(e)["status"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(statuses, ["QUEUED", "RUNNING", "SUCCESS"], "{seen:?}");
-    let ids: Vec<u64> = seen.iter().map(|e| e.id.as_ref().unwrap().parse().unwrap()).collect();
+    let ids: Vec<u64> = seen
+        .iter()
+        .map(|e| e.id.as_ref().unwrap().parse().unwrap())
+        .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
     assert!(job_of(&seen[2])["payload_location"].is_string());
     assert!(ended.elapsed() < Duration::from_secs(1));
@@ -143,9 +149,20 @@ async fn the_tenant_stream_carries_every_change_of_the_tenants_jobs_only() {
     }
     // Each event is the job as it is when the stream reads it: a change that came
     // with the next one in a batch may show as that one (twice), never out of order.
-    assert_eq!(statuses.first().map(String::as_str), Some("QUEUED"), "{statuses:?}");
-    let rank = |s: &str| ["QUEUED", "RUNNING", "SUCCESS"].iter().position(|x| *x == s);
-    assert!(statuses.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])), "{statuses:?}");
+    assert_eq!(
+        statuses.first().map(String::as_str),
+        Some("QUEUED"),
+        "{statuses:?}"
+    );
+    let rank = |s: &str| {
+        ["QUEUED", "RUNNING", "SUCCESS"]
+            .iter()
+            .position(|x| *x == s)
+    };
+    assert!(
+        statuses.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
+        "{statuses:?}"
+    );
     assert!(ing.state.index.watchers() >= 1);
     drop(s);
     eventually(T, "the watcher to be gone", || async {
@@ -161,7 +178,9 @@ async fn event_streams_are_capped() {
     let p = Pipeline::new().await;
     let ing = p.ingress_with(|c| c.max_watchers = 1).await;
     let _held = open(&ing, "/api/v1/jobs/events", None).await;
-    let r = ing.call(reqwest::Method::GET, "/api/v1/jobs/events", 1).await;
+    let r = ing
+        .call(reqwest::Method::GET, "/api/v1/jobs/events", 1)
+        .await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     ing.stop().await;

@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod consumer;
 mod crash;
+mod dashboard;
 mod hostile;
 mod index;
 mod listing;
