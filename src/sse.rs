@@ -116,18 +116,17 @@ mod tests {
             has_data: false,
             comments: 0,
         };
-        let events = text.split_inclusive('\n').filter_map(|l| {
-            s.line(l.trim_end_matches('\n').trim_end_matches('\r'))
-        });
+        let events = text
+            .split_inclusive('\n')
+            .filter_map(|l| s.line(l.trim_end_matches('\n').trim_end_matches('\r')));
         let events: Vec<SseEvent> = events.collect();
         (events, s.comments)
     }
 
     #[test]
     fn events_ids_data_lines_and_comments() {
-        let (events, comments) = parse(
-            ": heartbeat\nevent: status\nid: 9\ndata: {\"a\":\ndata: 1}\n\ndata:x\r\n\r\n",
-        );
+        let (events, comments) =
+            parse(": heartbeat\nevent: status\nid: 9\ndata: {\"a\":\ndata: 1}\n\ndata:x\r\n\r\n");
         assert_eq!(comments, 1);
         assert_eq!(
             events,

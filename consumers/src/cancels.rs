@@ -178,7 +178,9 @@ pub async fn follow(
             }
             FeedItem::Message { data, .. } => match ControlMessage::decode(&data) {
                 Some(ControlMessage::Cancel { job_id, .. }) => cancels.cancel(job_id),
-                Some(ControlMessage::Marker { id }) if pending.as_ref().is_some_and(|p| p.id == id) => {
+                Some(ControlMessage::Marker { id })
+                    if pending.as_ref().is_some_and(|p| p.id == id) =>
+                {
                     if let Some(p) = pending.take() {
                         cancels.synced.send_replace(p.connection);
                         tracing::info!(

@@ -39,8 +39,8 @@ use imagejobs_core::broker::{Broker, BrokerConfig};
 use imagejobs_core::events::EventSink;
 use imagejobs_core::topology::Topology;
 
-pub use config::ConsumerConfig;
 use cancels::Cancels;
+pub use config::ConsumerConfig;
 use delivery::Handler;
 pub use delivery::Stats;
 use metrics::ConsumerMetrics;

@@ -89,8 +89,14 @@ pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let jobs = body["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
-    println!("{:<36}  {:<9}  {:>8}  {:<24}  DETAIL", "ID", "STATUS", "ATTEMPTS", "CREATED");
+    let jobs = body["jobs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    println!(
+        "{:<36}  {:<9}  {:>8}  {:<24}  DETAIL",
+        "ID", "STATUS", "ATTEMPTS", "CREATED"
+    );
     for job in jobs {
         let detail = job["error"]
             .as_str()
@@ -116,7 +122,10 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let token = args.api.bearer()?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let job = follow(&http, args.api.base(), &token, &args.id, deadline, |job| {
-        let extra = job["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
+        let extra = job["error"]
+            .as_str()
+            .map(|e| format!("  {e}"))
+            .unwrap_or_default();
         println!(
             "{}  {}  attempt {}{extra}",
             job["updated_at"].as_str().unwrap_or(""),
@@ -147,7 +156,10 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     if body["cancel_requested"] == true {
-        println!("{}  RUNNING: cancel requested, the consumer will stop it", args.id);
+        println!(
+            "{}  RUNNING: cancel requested, the consumer will stop it",
+            args.id
+        );
     } else {
         println!("{}  {}", args.id, body["status"].as_str().unwrap_or("?"));
     }
@@ -155,7 +167,10 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn is_terminal(job: &Value) -> bool {
-    matches!(job["status"].as_str(), Some("SUCCESS" | "FAILED" | "CANCELLED"))
+    matches!(
+        job["status"].as_str(),
+        Some("SUCCESS" | "FAILED" | "CANCELLED")
+    )
 }
 
 /// Follows job `id` on its event stream until it ends or `deadline` passes, calling

@@ -93,7 +93,9 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             let token = token.clone();
             async move {
                 let followed = super::jobs::follow(&http, api.base(), &token, id, deadline, |_| {});
-                let job = followed.await.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+                let job = followed
+                    .await
+                    .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
                 let status = job["status"].as_str().unwrap_or("UNKNOWN").to_owned();
                 let extra = match (job["payload_location"].as_str(), job["error"].as_str()) {
                     (_, Some(e)) => format!("  {e}"),

@@ -35,7 +35,9 @@ pub async fn cancel(
     ControlMessage::cancel(job.id, caller.tenant_id)
         .publish(&app.broker)
         .await
-        .inspect_err(|e| tracing::warn!(job_id = %job.id, error = %e, "cancel not accepted by the broker"))?;
+        .inspect_err(
+            |e| tracing::warn!(job_id = %job.id, error = %e, "cancel not accepted by the broker"),
+        )?;
     if job.status == Status::Running {
         tracing::info!(job_id = %job.id, "cancel of a running job requested");
         return Ok(running(&job.id.to_string()));
@@ -79,5 +81,7 @@ fn running(id: &str) -> (StatusCode, Json<Value>) {
 }
 
 fn ended(status: Status) -> ApiError {
-    ApiError::Conflict(format!("the job has ended ({status}): there is nothing to cancel"))
+    ApiError::Conflict(format!(
+        "the job has ended ({status}): there is nothing to cancel"
+    ))
 }

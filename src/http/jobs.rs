@@ -20,7 +20,11 @@ const MAX_LIMIT: usize = 1000;
 
 /// The caller's job `id`: 404 when it is unknown or another tenant's, 503 while the index
 /// is still catching up (the job may only be unread yet).
-pub fn lookup(app: &AppState, headers: &HeaderMap, id: &str) -> Result<(Caller, JobView), ApiError> {
+pub fn lookup(
+    app: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(Caller, JobView), ApiError> {
     let caller = app.verifier.verify_headers(headers)?;
     let id: JobId = id.parse().map_err(|_| ApiError::NotFound)?;
     match app.index.get(id) {
@@ -71,7 +75,9 @@ impl ListQuery {
             Some(s) => Some(Status::parse(s).ok_or_else(|| {
                 ApiError::bad_request(
                     "bad status",
-                    format!("{s:?} is not one of QUEUED, RUNNING, RETRYING, SUCCESS, FAILED, CANCELLED"),
+                    format!(
+                        "{s:?} is not one of QUEUED, RUNNING, RETRYING, SUCCESS, FAILED, CANCELLED"
+                    ),
                 )
             })?),
         };
@@ -90,7 +96,10 @@ impl ListQuery {
         let after = match self.after.as_deref() {
             None | Some("") => None,
             Some(a) => Some(a.parse::<Cursor>().map_err(|_| {
-                ApiError::bad_request("bad cursor", "after must be a `next` value of an earlier page")
+                ApiError::bad_request(
+                    "bad cursor",
+                    "after must be a `next` value of an earlier page",
+                )
             })?),
         };
         Ok(Listing {
@@ -107,8 +116,7 @@ pub async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = app.verifier.verify_headers(&headers)?;
-    let Query(query) =
-        query.map_err(|e| ApiError::bad_request("bad query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("bad query", e.body_text()))?;
     let q = query.parse()?;
     if !app.index.caught_up() {
         return Err(ApiError::catching_up());

@@ -38,11 +38,15 @@ fn sse<S>(app: &AppState, events: S) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
-    let keep_alive = KeepAlive::new().interval(app.sse_heartbeat).text("heartbeat");
+    let keep_alive = KeepAlive::new()
+        .interval(app.sse_heartbeat)
+        .text("heartbeat");
     let mut resp = Sse::new(events).keep_alive(keep_alive).into_response();
     // Proxies such as nginx buffer responses unless told not to.
-    resp.headers_mut()
-        .insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
+    resp.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
     resp
 }
 

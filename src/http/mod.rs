@@ -30,7 +30,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(crate::metrics::scrape))
         .route("/api/v1/job", submit_route)
-        .route("/api/v1/job/{id}", get(jobs::job).merge(delete(cancel::cancel)))
+        .route(
+            "/api/v1/job/{id}",
+            get(jobs::job).merge(delete(cancel::cancel)),
+        )
         .route("/api/v1/job/{id}/status", get(jobs::status))
         .route("/api/v1/job/{id}/events", get(live::job_events))
         .route("/api/v1/job/{id}/result", get(result::result))

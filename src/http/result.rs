@@ -92,10 +92,8 @@ pub async fn result(
         .map_err(|_| ApiError::BadGateway("the result could not be relayed".into()))
         .or_else(|e| Ok(e.into_response()))
         .map(|mut r: Response| {
-            r.headers_mut().insert(
-                header::VARY,
-                HeaderValue::from_static("authorization"),
-            );
+            r.headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("authorization"));
             r
         })
 }

@@ -388,14 +388,17 @@ impl JobIndex {
     ) -> Page {
         let mut jobs = Vec::with_capacity(limit.min(1000));
         let before = after.map(|c| (c.ms, c.id));
-        let (last, more) = self.inner.order.walk(tenant, before, LIST_SCAN, |&(_, id)| {
-            if let Some(job) = self.get(id) {
-                if status.is_none_or(|s| s == job.status) {
-                    jobs.push(job);
+        let (last, more) = self
+            .inner
+            .order
+            .walk(tenant, before, LIST_SCAN, |&(_, id)| {
+                if let Some(job) = self.get(id) {
+                    if status.is_none_or(|s| s == job.status) {
+                        jobs.push(job);
+                    }
                 }
-            }
-            jobs.len() < limit
-        });
+                jobs.len() < limit
+            });
         let next = match last {
             Some((ms, id)) if more => Some(Cursor { ms, id }),
             _ => None,
@@ -627,7 +630,10 @@ mod tests {
         let id = JobId::new();
         idx.apply(&ev(id, Status::Running, 2));
         let seq = idx.get(id).unwrap().seq();
-        assert!(idx.apply(&ev(id, Status::Cancelled, 1)), "a cancel beats RUNNING");
+        assert!(
+            idx.apply(&ev(id, Status::Cancelled, 1)),
+            "a cancel beats RUNNING"
+        );
         let v = idx.get(id).unwrap();
         assert_eq!((v.status, v.attempts), (Status::Cancelled, 2));
         assert!(v.seq() > seq, "the sequence only grows");
@@ -636,7 +642,10 @@ mod tests {
         }
         let done = JobId::new();
         idx.apply(&ev(done, Status::Success, 1));
-        assert!(!idx.apply(&ev(done, Status::Cancelled, 1)), "first final stays");
+        assert!(
+            !idx.apply(&ev(done, Status::Cancelled, 1)),
+            "first final stays"
+        );
         assert_eq!(idx.get(done).unwrap().status, Status::Success);
     }
 

@@ -69,7 +69,11 @@ mod tests {
         let (ok, failed) = t.series(TenantId(1), now);
         assert_eq!(ok.len(), BUCKETS);
         assert_eq!((ok[BUCKETS - 1], failed[BUCKETS - 2]), (1, 1));
-        assert_eq!(ok.iter().sum::<u32>(), 1, "older than the window is not counted");
+        assert_eq!(
+            ok.iter().sum::<u32>(),
+            1,
+            "older than the window is not counted"
+        );
         let (later, _) = t.series(TenantId(1), now + 29 * BUCKET_MS);
         assert_eq!(later[0], 1);
         let (gone, _) = t.series(TenantId(1), now + 30 * BUCKET_MS);

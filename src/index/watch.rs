@@ -26,7 +26,12 @@ impl Watchers {
         if self.watching.load(Ordering::Acquire) == 0 {
             return;
         }
-        if let Some(tx) = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).get(&job) {
+        if let Some(tx) = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&job)
+        {
             tx.send_modify(|n| *n += 1);
         }
         let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
@@ -95,7 +100,10 @@ impl Drop for JobWatch {
     fn drop(&mut self) {
         let mut jobs = self.watchers.jobs.lock().unwrap_or_else(|p| p.into_inner());
         drop(self.rx.take());
-        if jobs.get(&self.job).is_some_and(|tx| tx.receiver_count() == 0) {
+        if jobs
+            .get(&self.job)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
             jobs.remove(&self.job);
         }
         self.watchers.watching.fetch_sub(1, Ordering::AcqRel);
