@@ -23,7 +23,19 @@ impl Order {
     pub fn insert(&self, tenant: TenantId, key: Key) {
         let mut map = self.tenants.write().unwrap_or_else(|p| p.into_inner());
         let list = map.entry(tenant).or_default();
-        let at = list.partition_point(|k| *k < key);
+        // The usual cases, a job newer than all or than all but the last few (same
+        // millisecond, another id): no search through the whole list, whose far end is
+        // out of the cache.
+        if list.last().is_none_or(|last| *last < key) {
+            list.push(key);
+            return;
+        }
+        let tail = list.len().saturating_sub(32);
+        let at = if tail > 0 && list[tail] < key {
+            tail + list[tail..].partition_point(|k| *k < key)
+        } else {
+            list.partition_point(|k| *k < key)
+        };
         if list.get(at) != Some(&key) {
             list.insert(at, key);
         }
