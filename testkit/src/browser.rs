@@ -373,18 +373,14 @@ impl Browser {
         F: FnMut() -> Fut,
         Fut: Future<Output = Option<T>>,
     {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            if Instant::now() > end {
-                panic!(
-                    "timed out after {deadline:?} waiting for {what}\n{}",
-                    self.page_state().await
-                );
-            }
-            tokio::time::sleep(EVERY).await;
+        let polled = crate::poll::try_eventually(deadline, what, || {
+            let next = check();
+            async move { Ok(next.await) }
+        })
+        .await;
+        match polled {
+            Ok(v) => v,
+            Err(e) => panic!("{e}\n{}", self.page_state().await),
         }
     }
 
