@@ -5,9 +5,11 @@
 //!   share one confirmed publish (a JSON array), and each caller is released by the
 //!   confirm of the group its event went out in (see [`sink`]).
 //! - [`Feed`] follows the stream from an offset and resumes after reconnects (see [`feed`]).
+//! - [`replay`]: what the sink publishes again after a stream failover.
 //! - [`decode`] reads a message body: one event object, or a JSON array of them.
 
 pub mod feed;
+pub mod replay;
 pub mod sink;
 
 pub use feed::{Feed, FeedConfig, FeedItem, Start};

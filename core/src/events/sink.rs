@@ -13,6 +13,9 @@
 //! A RUNNING still waiting when the outcome of the same attempt of the same job joins the
 //! group is dropped from it (the outcome carries the job's facts as well), and its waiter
 //! is released by the outcome's publish.
+//!
+//! After a slow confirm or a failed publish, the groups confirmed around it are published
+//! again ([`super::replay`]): a stream that fails over can lose confirmed messages.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,6 +26,9 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use lapin::BasicProperties;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::replay::Replay;
 
 use crate::broker::{Broker, PublishError};
 use crate::ids::JobId;
@@ -163,12 +169,40 @@ impl Group {
     }
 }
 
-type InFlight = Pin<Box<dyn Future<Output = (Vec<Waiter>, Result<(), PublishError>)> + Send>>;
+/// What a publish in flight resolves to: its waiters (none for a replay), its result, its
+/// body, when it started, and whether it was a replay.
+type Done = (
+    Vec<Waiter>,
+    Result<(), PublishError>,
+    Arc<[u8]>,
+    Instant,
+    bool,
+);
+type InFlight = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+fn publish(
+    broker: &Broker,
+    exchange: &Arc<str>,
+    body: Arc<[u8]>,
+    waiters: Vec<Waiter>,
+    replay: bool,
+) -> InFlight {
+    let (broker, exchange) = (broker.clone(), exchange.clone());
+    Box::pin(async move {
+        let started = Instant::now();
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        let result = broker.publish(&exchange, "", &body, props).await;
+        (waiters, result, body, started, replay)
+    })
+}
 
 async fn batch(broker: Broker, limits: GroupLimits, mut rx: mpsc::Receiver<Pending>) {
     let exchange: Arc<str> = broker.topology().events_exchange().into();
     let mut inflight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut group = Group::default();
+    let mut replay = Replay::default();
     let mut open = true;
     loop {
         // Take whatever else is waiting, up to the cap.
@@ -181,23 +215,32 @@ async fn batch(broker: Broker, limits: GroupLimits, mut rx: mpsc::Receiver<Pendi
         }
         if !group.is_empty() && (inflight.is_empty() || group.is_full(&limits)) {
             let (body, waiters) = std::mem::take(&mut group).into_message();
-            let (broker, exchange) = (broker.clone(), exchange.clone());
-            inflight.push(Box::pin(async move {
-                let props = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2);
-                let result = broker.publish(&exchange, "", &body, props).await;
-                (waiters, result)
-            }));
+            inflight.push(publish(&broker, &exchange, body.into(), waiters, false));
             continue;
         }
         if !open && group.is_empty() && inflight.is_empty() {
             break;
         }
+        let due = replay.due_at();
         tokio::select! {
-            Some((waiters, result)) = inflight.next(), if !inflight.is_empty() => {
+            Some((waiters, result, body, started, again)) = inflight.next(), if !inflight.is_empty() => {
+                let now = Instant::now();
+                match &result {
+                    Ok(()) if !again => replay.confirmed(started, body, now),
+                    Ok(()) => {}
+                    Err(_) => replay.failed(started, now),
+                }
                 for w in waiters {
                     let _ = w.send(result.clone());
+                }
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                let groups = replay.take_due(Instant::now());
+                if !groups.is_empty() {
+                    tracing::warn!(groups = groups.len(), "publishing again the status events confirmed while the stream was failing over");
+                }
+                for body in groups {
+                    inflight.push(publish(&broker, &exchange, body, Vec::new(), true));
                 }
             }
             p = rx.recv(), if open => match p {
