@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
 
 use super::error::ApiError;
 use super::jobs::lookup;
@@ -78,6 +78,7 @@ pub async fn result(
     let mut out = Response::builder()
         .status(StatusCode::OK)
         .header(header::CACHE_CONTROL, "private, max-age=3600")
+        .header(header::VARY, "authorization")
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     if let Some(len) = resp.headers().get(header::CONTENT_LENGTH).cloned() {
         out = out.header(header::CONTENT_LENGTH, len);
@@ -88,12 +89,7 @@ pub async fn result(
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_DISPOSITION, "attachment"),
     };
+    // Only a header the blob service sent could be invalid; that is its failure.
     out.body(Body::from_stream(resp.bytes_stream()))
         .map_err(|_| ApiError::BadGateway("the result could not be relayed".into()))
-        .or_else(|e| Ok(e.into_response()))
-        .map(|mut r: Response| {
-            r.headers_mut()
-                .insert(header::VARY, HeaderValue::from_static("authorization"));
-            r
-        })
 }

@@ -22,36 +22,17 @@ pub struct Order {
 impl Order {
     pub fn insert(&self, tenant: TenantId, key: Key) {
         let mut map = self.tenants.write().unwrap_or_else(|p| p.into_inner());
-        let list = map.entry(tenant).or_default();
-        // The usual cases, a job newer than all or than all but the last few (same
-        // millisecond, another id): no search through the whole list, whose far end is
-        // out of the cache.
-        if list.last().is_none_or(|last| *last < key) {
-            list.push(key);
-            return;
-        }
-        let tail = list.len().saturating_sub(32);
-        let at = if tail > 0 && list[tail] < key {
-            tail + list[tail..].partition_point(|k| *k < key)
-        } else {
-            list.partition_point(|k| *k < key)
-        };
-        if list.get(at) != Some(&key) {
-            list.insert(at, key);
-        }
+        insert_sorted(map.entry(tenant).or_default(), key);
     }
 
     /// A job's creation time moved (an earlier event of it came late).
     pub fn moved(&self, tenant: TenantId, from: Key, to: Key) {
-        {
-            let mut map = self.tenants.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(list) = map.get_mut(&tenant) {
-                if let Ok(at) = list.binary_search(&from) {
-                    list.remove(at);
-                }
-            }
+        let mut map = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        let list = map.entry(tenant).or_default();
+        if let Ok(at) = list.binary_search(&from) {
+            list.remove(at);
         }
-        self.insert(tenant, to);
+        insert_sorted(list, to);
     }
 
     /// Drops evicted jobs.
@@ -103,6 +84,26 @@ impl Order {
         map.values()
             .map(|l| l.capacity() * std::mem::size_of::<Key>() + 48)
             .sum()
+    }
+}
+
+/// Puts `key` in its place in `list` (sorted, no duplicates).
+fn insert_sorted(list: &mut Vec<Key>, key: Key) {
+    // The usual cases, a job newer than all or than all but the last few (same
+    // millisecond, another id): no search through the whole list, whose far end is out
+    // of the cache.
+    if list.last().is_none_or(|last| *last < key) {
+        list.push(key);
+        return;
+    }
+    let tail = list.len().saturating_sub(32);
+    let at = if tail > 0 && list[tail] < key {
+        tail + list[tail..].partition_point(|k| *k < key)
+    } else {
+        list.partition_point(|k| *k < key)
+    };
+    if list.get(at) != Some(&key) {
+        list.insert(at, key);
     }
 }
 

@@ -268,9 +268,14 @@ impl TestIngress {
 
     /// Submits `image` as a raw body for tenant 1.
     pub async fn submit_raw(&self, image: &[u8]) -> reqwest::Response {
+        self.submit_raw_as(image, 1).await
+    }
+
+    /// Submits `image` as a raw body for `tenant`.
+    pub async fn submit_raw_as(&self, image: &[u8], tenant: i64) -> reqwest::Response {
         self.http
             .post(format!("{}/api/v1/job", self.url))
-            .bearer_auth(token(1, 1))
+            .bearer_auth(token(tenant, 1))
             .header("content-type", "image/png")
             .body(image.to_vec())
             .send()
@@ -280,15 +285,7 @@ impl TestIngress {
 
     /// Submits `image` for `tenant` and returns the job id.
     pub async fn submit_as(&self, image: &[u8], tenant: i64) -> String {
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/job", self.url))
-            .bearer_auth(token(tenant, 1))
-            .header("content-type", "image/png")
-            .body(image.to_vec())
-            .send()
-            .await
-            .expect("request sent");
+        let resp = self.submit_raw_as(image, tenant).await;
         assert_eq!(resp.status(), 202, "submit accepted");
         let v: serde_json::Value = resp.json().await.expect("json");
         v["id"].as_str().expect("id").to_owned()
@@ -296,10 +293,7 @@ impl TestIngress {
 
     /// Submits `image` for tenant 1 and returns the job id.
     pub async fn submit_id(&self, image: &[u8]) -> String {
-        let resp = self.submit_raw(image).await;
-        assert_eq!(resp.status(), 202, "submit accepted");
-        let v: serde_json::Value = resp.json().await.expect("json");
-        v["id"].as_str().expect("id").to_owned()
+        self.submit_as(image, 1).await
     }
 
     /// `method path` (e.g. `/api/v1/jobs?limit=2`) as `tenant`'s client 1.
