@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use moka::future::Cache;
 
-use imagejobs_core::broker::PublishError;
 use imagejobs_core::ids::TenantId;
 
 /// Remembers which keyed submissions this process has already published.
@@ -32,12 +31,12 @@ impl IdempotencyCache {
 
     /// Runs `publish` unless (tenant, key) was published before; concurrent callers with
     /// the same key wait for the one that runs it, and all get its result.
-    pub async fn publish_once(
+    pub async fn publish_once<E: Send + Sync + 'static>(
         &self,
         tenant: TenantId,
         key: String,
-        publish: impl Future<Output = Result<(), PublishError>>,
-    ) -> Result<(), Arc<PublishError>> {
+        publish: impl Future<Output = Result<(), E>>,
+    ) -> Result<(), Arc<E>> {
         self.published.try_get_with((tenant, key), publish).await
     }
 }
@@ -59,7 +58,7 @@ mod tests {
         let publish = || async {
             runs.fetch_add(1, Ordering::SeqCst);
             tokio::task::yield_now().await;
-            Ok(())
+            Ok::<(), imagejobs_core::broker::PublishError>(())
         };
         let (a, b) = tokio::join!(
             cache.publish_once(TenantId(1), "k".into(), publish()),
@@ -78,7 +77,9 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 2, "keys are per tenant");
 
         let failed = cache
-            .publish_once(TenantId(3), "k".into(), async { Err(PublishError::Nack) })
+            .publish_once(TenantId(3), "k".into(), async {
+                Err(imagejobs_core::broker::PublishError::Nack)
+            })
             .await;
         assert!(failed.is_err());
         cache

@@ -20,12 +20,14 @@ use jsonwebtoken::Algorithm;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{self, TokenKey, Verifier};
+use crate::blob::BlobService;
 use crate::http::{self, AppState, Shared};
 use crate::idempotency::IdempotencyCache;
 use crate::index::{self, JobIndex};
 use crate::metrics::IngressMetrics;
 use crate::outbox::Outbox;
 use crate::ratelimit::TenantLimiter;
+use crate::submitter::{ClaimCheck, Submitter};
 
 /// `imagejobs-ingress`: the HTTP API that validates and publishes image jobs.
 #[derive(Parser, Clone, Debug, PartialEq)]
@@ -126,6 +128,21 @@ pub struct IngressConfig {
     #[arg(long, env = "SERVICE_CA_FILE")]
     pub service_ca_file: Option<PathBuf>,
 
+    /// Images of at least this many bytes are stored in the blob service first and travel
+    /// by reference (the claim check); `0` = every image, above MAX_BODY_BYTES = never.
+    #[arg(long, env = "CLAIM_CHECK_MIN_BYTES", default_value = "65536")]
+    pub claim_check_min_bytes: ByteSize,
+
+    /// How long a submit waits for the blob service's answer to its PUT before it answers
+    /// 503 (ms).
+    #[arg(long = "blob-put-timeout-ms", env = "BLOB_PUT_TIMEOUT_MS", default_value = "10000", value_parser = config::millis)]
+    pub blob_put_timeout: Duration,
+
+    /// Answer `GET /api/v1/job/{id}/result` with a 307 to the result's absolute URL (a CDN
+    /// or object store in front) instead of streaming it.
+    #[arg(long, env = "RESULT_REDIRECT", action = ArgAction::Set, default_value_t = false)]
+    pub result_redirect: bool,
+
     /// Seconds between the comment lines that keep an idle event stream open.
     #[arg(long = "sse-heartbeat-secs", env = "SSE_HEARTBEAT_SECS", default_value = "15", value_parser = config::secs)]
     pub sse_heartbeat: Duration,
@@ -162,6 +179,9 @@ impl Default for IngressConfig {
             blob_service_url: reqwest::Url::parse("http://127.0.0.1:8081/api/v1")
                 .unwrap_or_else(|_| unreachable!("a valid URL")),
             service_ca_file: None,
+            claim_check_min_bytes: ByteSize(64 * 1024),
+            blob_put_timeout: Duration::from_secs(10),
+            result_redirect: false,
             sse_heartbeat: Duration::from_secs(15),
             max_watchers: 10_000,
         }
@@ -241,6 +261,12 @@ impl IngressConfig {
             self.drain_timeout.as_secs().to_string(),
             "--blob-service-url".into(),
             self.blob_service_url.to_string(),
+            "--claim-check-min-bytes".into(),
+            self.claim_check_min_bytes.to_string(),
+            "--blob-put-timeout-ms".into(),
+            self.blob_put_timeout.as_millis().to_string(),
+            "--result-redirect".into(),
+            self.result_redirect.to_string(),
             "--sse-heartbeat-secs".into(),
             self.sse_heartbeat.as_secs().to_string(),
             "--max-watchers".into(),
@@ -323,30 +349,46 @@ impl Ingress {
             config.broker.topology.events_max_age.duration(),
             broker_stop.clone(),
         ));
-        let results = crate::http::result::Results::new(
+        let ca_pem = config
+            .service_ca_file
+            .as_deref()
+            .map(imagejobs_core::tls::read_pem)
+            .transpose()?;
+        let blobs = BlobService::new(
             &config.blob_service_url,
-            config
-                .service_ca_file
-                .as_deref()
-                .map(imagejobs_core::tls::read_pem)
-                .transpose()?
-                .as_deref(),
+            ca_pem.as_deref(),
+            config.blob_put_timeout,
         )?;
+        let submitter = Submitter {
+            broker: broker.clone(),
+            events: events.clone(),
+            index: index.clone(),
+            outbox: Outbox::start(events.clone(), OUTBOX_CAPACITY, broker_stop.clone()),
+            idempotency: IdempotencyCache::new(Duration::from_secs(24 * 3600), 1_000_000),
+            metrics: metrics.clone(),
+            blobs: blobs.clone(),
+            claim_check: ClaimCheck {
+                min_bytes: config.claim_check_min_bytes.0,
+                max_image: config.max_body_bytes.0,
+            },
+        };
+        let dashboard_csp = http::dashboard::csp(config.result_redirect, blobs.origin().as_deref());
         let state = AppState::new(Shared {
-            results,
+            dashboard_csp,
+            blobs,
+            result_redirect: config.result_redirect,
+            submitter,
             sse_heartbeat: config.sse_heartbeat,
             watchers: Arc::new(tokio::sync::Semaphore::new(config.max_watchers.max(1))),
             shutdown: shutdown.clone(),
             queue_depth: Default::default(),
             broker,
-            events: events.clone(),
+            events,
             verifier,
             max_body: config.max_body_bytes.as_usize(),
             body_timeout: config.body_timeout,
             limiter: TenantLimiter::new(config.tenant_rate, config.tenant_burst),
-            idempotency: IdempotencyCache::new(Duration::from_secs(24 * 3600), 1_000_000),
             index,
-            outbox: Outbox::start(events, OUTBOX_CAPACITY, broker_stop.clone()),
             metrics,
         });
         Ok(Ingress {
@@ -432,6 +474,9 @@ mod tests {
             publish_timeout: Duration::from_millis(1500),
             max_body_bytes: ByteSize(1000),
             tenant_burst: Some(3),
+            claim_check_min_bytes: ByteSize(0),
+            blob_put_timeout: Duration::from_millis(1500),
+            result_redirect: true,
             jwt_audience: Some("aud".into()),
             ..IngressConfig::default()
         };

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`ingress`]: the process (`Ingress::build`, `run_until_stopped`) and its settings.
 //! - [`http`]: routes, the submit body parser, the error type of the API.
+//! - [`submitter`]: accepting a job (the claim check, the confirmed publish, QUEUED);
+//!   [`blob`]: the blob service, where large images go first and results come from.
 //! - [`auth`]: bearer tokens; [`ratelimit`]: per-tenant limits; [`idempotency`]: keyed
 //!   submits.
 //! - [`index`]: the job index and the follower that feeds it from the events stream;
@@ -14,6 +16,7 @@
 //! events stream) is in `imagejobs-core`.
 
 pub mod auth;
+pub mod blob;
 pub mod cli;
 pub mod http;
 pub mod idempotency;
@@ -23,3 +26,4 @@ pub mod metrics;
 pub mod outbox;
 pub mod ratelimit;
 pub mod sse;
+pub mod submitter;

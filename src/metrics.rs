@@ -55,6 +55,7 @@ pub struct IngressMetrics {
     submits: Family<SubmitLabels, Counter>,
     requests: Histograms<RouteLabels>,
     confirms: Histograms<PublishLabels>,
+    blob_puts: Histogram,
     rejections: Family<RejectLabels, Counter>,
     idempotency_hits: Counter,
     events_applied: Counter,
@@ -92,6 +93,13 @@ impl IngressMetrics {
             "From publishing to the broker's confirm, for jobs and their QUEUED events",
             Unit::Seconds,
             confirms.clone(),
+        );
+        let blob_puts = latency_histogram();
+        r.register_with_unit(
+            "imagejobs_blob_put_duration",
+            "From a claim-checked submit's PUT to the blob service's answer",
+            Unit::Seconds,
+            blob_puts.clone(),
         );
         let rejections = Family::<RejectLabels, Counter>::default();
         r.register(
@@ -137,6 +145,7 @@ impl IngressMetrics {
             submits,
             requests,
             confirms,
+            blob_puts,
             rejections,
             idempotency_hits,
             events_applied,
@@ -160,6 +169,11 @@ impl IngressMetrics {
         self.confirms
             .get_or_create(&PublishLabels { message })
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// A claim-checked image's PUT to the blob service took this long, answered or not.
+    pub fn blob_put(&self, started: Instant) {
+        self.blob_puts.observe(started.elapsed().as_secs_f64());
     }
 
     pub fn idempotency_hit(&self) {

@@ -152,6 +152,16 @@ impl Handler {
             }
         };
         let meta = &job.meta;
+        // A stored image is bounded as a body is: the worker would fetch all of it.
+        if job.body.is_empty() {
+            if let Some(size) = meta.payload_size.filter(|&n| n > self.max_body as u64) {
+                let why = format!(
+                    "payload_size of {size} bytes is over MAX_BODY_BYTES ({})",
+                    self.max_body
+                );
+                return settled(Some(meta), Outcome::Invalid(why), delays);
+            }
+        }
         // A cancelled job never reaches the worker; one cancelled while it runs is dropped.
         let Some(tracked) = self.cancels.track(meta.id) else {
             tracing::info!(job_id = %meta.id, "job cancelled before it ran");

@@ -89,6 +89,25 @@ impl Md5 {
     }
 }
 
+/// An MD5 computed piece by piece, as a body arrives: the digest is ready when the last
+/// piece is, with no second pass over the bytes.
+#[derive(Clone, Default)]
+pub struct Md5Stream(Md5Hasher);
+
+impl Md5Stream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    pub fn finish(self) -> Md5 {
+        Md5(self.0.finalize().into())
+    }
+}
+
 impl fmt::Display for Md5 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in self.0 {
@@ -120,6 +139,15 @@ impl<'de> Deserialize<'de> for Md5 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn md5_in_pieces_equals_md5_at_once() {
+        let mut m = Md5Stream::new();
+        m.update(b"hel");
+        m.update(b"");
+        m.update(b"lo");
+        assert_eq!(m.finish(), Md5::of(b"hello"));
+    }
 
     #[test]
     fn md5_hex() {

@@ -25,6 +25,8 @@ pub mod header {
     pub const ATTEMPT: &str = "x-attempt";
     /// Where the image already is, for a message with an empty body.
     pub const PAYLOAD_LOCATION: &str = "payload_location";
+    /// The stored image's size in bytes (integer), beside `payload_location`.
+    pub const PAYLOAD_SIZE: &str = "payload_size";
     /// Why a consumer dead-lettered the message.
     pub const ERROR: &str = "x-error";
     /// How often a quorum queue delivered the message before (set by the broker).
@@ -66,13 +68,18 @@ pub const HEADERS: &[HeaderRule] = &[
     },
     HeaderRule {
         name: header::MD5,
-        written_by: "ingress, direct publishers",
-        read_by: "consumer (checked against the body)",
+        written_by: "ingress (always by reference), direct publishers",
+        read_by: "consumer (checked against a body; passed to the worker)",
     },
     HeaderRule {
         name: header::PAYLOAD_LOCATION,
-        written_by: "direct publishers that stored the image",
+        written_by: "ingress (claim check), direct publishers that stored the image",
         read_by: "consumer (skips the blob upload)",
+    },
+    HeaderRule {
+        name: header::PAYLOAD_SIZE,
+        written_by: "ingress (claim check), direct publishers (optional)",
+        read_by: "consumer (checked against MAX_BODY_BYTES; reported in events)",
     },
     HeaderRule {
         name: header::ATTEMPT,
@@ -111,6 +118,9 @@ pub const HEADERS: &[HeaderRule] = &[
     },
 ];
 
+/// The longest `payload_location` taken: a URL or key, never a document.
+pub const MAX_LOCATION_BYTES: usize = 2048;
+
 /// What a job message says about its job, apart from the image bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobMeta {
@@ -146,8 +156,12 @@ pub enum InvalidJob {
     NotAnInteger(&'static str),
     #[error("header md5 is not 32 hex digits")]
     BadMd5,
-    #[error("header payload_location is not a string")]
+    #[error("header payload_location is not a string of 1 to 2048 bytes")]
     BadPayloadLocation,
+    #[error("header payload_size is not a non-negative integer")]
+    BadPayloadSize,
+    #[error("content_type {0:?} of a stored image is not an image type we take")]
+    NotAnImageType(String),
     #[error("message body is empty and there is no payload_location header")]
     EmptyBody,
     #[error("md5 mismatch: header says {expected}, body hashes to {actual}")]
@@ -303,7 +317,16 @@ impl JobMeta {
             None => None,
             Some(v) => Some(
                 header_str(v)
+                    .filter(|s| !s.is_empty() && s.len() <= MAX_LOCATION_BYTES)
                     .ok_or_else(|| (InvalidJob::BadPayloadLocation, Some(with_defaults())))?,
+            ),
+        };
+        let payload_size = match headers.get(header::PAYLOAD_SIZE) {
+            None => None,
+            Some(v) => Some(
+                header_int(v)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| (InvalidJob::BadPayloadSize, Some(with_defaults())))?,
             ),
         };
         Ok(JobMeta {
@@ -311,6 +334,7 @@ impl JobMeta {
             md5,
             attempt,
             payload_location,
+            payload_size,
             ..required
         })
     }
@@ -372,6 +396,13 @@ impl JobMeta {
                 header::PAYLOAD_LOCATION.into(),
                 AMQPValue::LongString(LongString::from(loc.as_str())),
             );
+            // A body carries its own size; a reference says it.
+            if let Some(size) = self.payload_size {
+                headers.insert(
+                    header::PAYLOAD_SIZE.into(),
+                    AMQPValue::LongLongInt(i64::try_from(size).unwrap_or(i64::MAX)),
+                );
+            }
         }
         let timestamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -393,6 +424,11 @@ impl JobMessage {
     /// Parses and checks a delivered message: properties, body, MD5 and image type. On
     /// failure, the job's facts come along when they could be read, so that the job can
     /// still be reported.
+    ///
+    /// A message by reference (empty body, `payload_location`) is checked without the
+    /// bytes, which the consumer never sees: the header shapes (above), and a declared
+    /// `content_type` must be an image type we take. Its size is the caller's to bound
+    /// ([`JobMeta::payload_size`]); its MD5 is the worker's to check.
     pub fn validate(
         props: &BasicProperties,
         body: Bytes,
@@ -401,6 +437,12 @@ impl JobMessage {
         if body.is_empty() {
             if meta.payload_location.is_none() {
                 return Err((InvalidJob::EmptyBody, Some(Box::new(meta))));
+            }
+            if let Some(ct) = meta.content_type.as_deref() {
+                if !crate::sniff::is_image_type(ct) {
+                    let why = InvalidJob::NotAnImageType(ct.chars().take(64).collect());
+                    return Err((why, Some(Box::new(meta))));
+                }
             }
             return Ok(JobMessage { meta, body });
         }
@@ -438,6 +480,42 @@ mod tests {
             payload_location: Some("http://blob/x".into()),
             payload_size: None,
         }
+    }
+
+    /// A job by reference: its size travels as a header, and is checked without bytes.
+    #[test]
+    fn a_reference_carries_its_size_and_declared_type() {
+        let m = JobMeta {
+            payload_size: Some(3 * 1024 * 1024),
+            ..meta()
+        };
+        let props = m.to_properties();
+        assert_eq!(JobMeta::from_properties(&props).unwrap(), m);
+        let job = JobMessage::validate(&props, Bytes::new()).unwrap();
+        assert_eq!(job.meta.payload_size, Some(3 * 1024 * 1024));
+        assert_eq!(job.meta.content_type.as_deref(), Some("image/png"));
+
+        let svg = JobMeta {
+            content_type: Some("image/svg+xml".into()),
+            ..m.clone()
+        };
+        let (e, known) = JobMessage::validate(&svg.to_properties(), Bytes::new()).unwrap_err();
+        assert_eq!(e, InvalidJob::NotAnImageType("image/svg+xml".into()));
+        assert!(known.is_some());
+
+        // No declared type: the worker sniffs the stored bytes.
+        let untyped = JobMeta {
+            content_type: None,
+            ..m
+        };
+        assert!(JobMessage::validate(&untyped.to_properties(), Bytes::new()).is_ok());
+
+        let long = JobMeta {
+            payload_location: Some("x".repeat(MAX_LOCATION_BYTES + 1)),
+            ..meta()
+        };
+        let (e, _) = JobMeta::parse(&long.to_properties()).unwrap_err();
+        assert_eq!(e, InvalidJob::BadPayloadLocation);
     }
 
     #[test]
@@ -489,6 +567,21 @@ mod tests {
                 header::PAYLOAD_LOCATION,
                 AMQPValue::LongLongInt(3),
                 InvalidJob::BadPayloadLocation,
+            ),
+            (
+                header::PAYLOAD_LOCATION,
+                AMQPValue::LongString("".into()),
+                InvalidJob::BadPayloadLocation,
+            ),
+            (
+                header::PAYLOAD_SIZE,
+                AMQPValue::LongLongInt(-1),
+                InvalidJob::BadPayloadSize,
+            ),
+            (
+                header::PAYLOAD_SIZE,
+                AMQPValue::LongString("12".into()),
+                InvalidJob::BadPayloadSize,
             ),
         ] {
             let mut headers = good.to_properties().headers().clone().unwrap();

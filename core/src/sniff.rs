@@ -1,5 +1,22 @@
 //! Image type sniffing by magic bytes: what a body *is*, whatever its sender claims.
 
+/// The MIME types [`image_mime`] can answer.
+pub const IMAGE_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+];
+
+/// Whether a declared `Content-Type` (parameters aside) is one of [`IMAGE_TYPES`]: what a
+/// job by reference may say it is, since its bytes are not there to sniff.
+pub fn is_image_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    IMAGE_TYPES.iter().any(|t| t.eq_ignore_ascii_case(essence))
+}
+
 /// The MIME type of `bytes` when they start like one of the image formats we take
 /// (PNG, JPEG, GIF, WebP, BMP, TIFF), else `None`.
 pub fn image_mime(bytes: &[u8]) -> Option<&'static str> {
@@ -23,7 +40,7 @@ pub fn image_mime(bytes: &[u8]) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::image_mime;
+    use super::{image_mime, is_image_type};
 
     #[test]
     fn sniffs_each_format() {
@@ -34,6 +51,15 @@ mod tests {
         assert_eq!(image_mime(b"BM\0\0\0\0\0\0\0\0\0\0\0\0"), Some("image/bmp"));
         assert_eq!(image_mime(b"II*\0...."), Some("image/tiff"));
         assert_eq!(image_mime(b"MM\0*...."), Some("image/tiff"));
+    }
+
+    #[test]
+    fn declared_image_types() {
+        assert!(is_image_type("image/png"));
+        assert!(is_image_type("IMAGE/JPEG; q=1"));
+        assert!(!is_image_type("image/svg+xml"));
+        assert!(!is_image_type("text/html"));
+        assert!(!is_image_type(""));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `imagejobs list`, `watch` and `cancel`, and the event-stream follower that
+//! `imagejobs list`, `watch`, `cancel` and `result`, and the event-stream follower that
 //! `submit --wait` shares with `watch`.
 
 use std::process::ExitCode;
@@ -48,6 +48,17 @@ pub struct CancelArgs {
     pub api: ApiArgs,
     /// The job id.
     pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ResultArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The job id.
+    pub id: String,
+    /// Where to write the result; `-` is standard output. Default: `<id>.<type>` here.
+    #[arg(long, short)]
+    pub output: Option<std::path::PathBuf>,
 }
 
 fn error_of(body: &Value) -> String {
@@ -162,6 +173,56 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         println!("{}  {}", args.id, body["status"].as_str().unwrap_or("?"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Downloads a succeeded job's result. An ingress with `RESULT_REDIRECT` answers 307 to
+/// where the result is served; the client follows it, and sends the token only to the
+/// ingress (reqwest drops `Authorization` on a redirect to another host).
+pub async fn result(args: ResultArgs) -> anyhow::Result<ExitCode> {
+    imagejobs_core::tls::install_crypto();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let resp = http
+        .get(format!("{}/api/v1/job/{}/result", args.api.base(), args.id))
+        .bearer_auth(args.api.bearer()?)
+        .send()
+        .await
+        .with_context(|| format!("reaching the ingress at {}", args.api.url))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body: Value = resp.json().await.unwrap_or_default();
+        if body.is_null() {
+            eprintln!("the result's server answered {status}");
+        } else {
+            eprintln!("{}", error_of(&body));
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    let ext = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.strip_prefix("image/"))
+        .map(|t| t.split(';').next().unwrap_or(t).trim().to_owned())
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| "bin".into());
+    let from = resp.url().to_string();
+    let bytes = resp.bytes().await.context("reading the result")?;
+    match args.output {
+        Some(path) if path.as_os_str() == "-" => {
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)?;
+        }
+        path => {
+            let path = path.unwrap_or_else(|| format!("{}.{ext}", args.id).into());
+            std::fs::write(&path, &bytes)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("{}  {} bytes from {from}", path.display(), bytes.len());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -48,6 +48,8 @@ pub enum Command {
     Watch(jobs::WatchArgs),
     /// Cancel a job: a queued one never runs, a running one is stopped.
     Cancel(jobs::CancelArgs),
+    /// Download a succeeded job's result (following a RESULT_REDIRECT to where it is).
+    Result(jobs::ResultArgs),
     /// Look into and replay the dead-letter queue.
     Dead {
         #[command(flatten)]
@@ -188,6 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(args) => jobs::list(args).await,
         Command::Watch(args) => jobs::watch(args).await,
         Command::Cancel(args) => jobs::cancel(args).await,
+        Command::Result(args) => jobs::result(args).await,
         Command::Dead { broker, command } => dead::run(broker, command).await,
         Command::Top(args) => top::run(args).await,
         Command::Definitions { topology } => {

@@ -19,18 +19,29 @@ const APP_JS: &str = include_str!("dashboard/app.js");
 const STYLE_CSS: &str = include_str!("dashboard/style.css");
 const FAVICON_SVG: &str = include_str!("dashboard/favicon.svg");
 
-/// Scripts and styles from this origin only, and no framing: the page holds a token.
-const CSP: &str = "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; \
-                   style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The dashboard's content security policy: scripts and styles from this origin only, and
+/// no framing, since the page holds a token. With `RESULT_REDIRECT` the thumbnails are
+/// images of wherever results are served (`result_origin`, the blob service, or any
+/// `https:` CDN); `connect-src` stays `'self'`, so the token can go nowhere else.
+pub fn csp(result_redirect: bool, result_origin: Option<&str>) -> HeaderValue {
+    let images = match (result_redirect, result_origin) {
+        (false, _) => String::new(),
+        (true, Some(origin)) => format!(" https: {origin}"),
+        (true, None) => " https:".to_owned(),
+    };
+    let policy = format!(
+        "default-src 'self'; img-src 'self' blob: data:{images}; connect-src 'self'; \
+         style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+    );
+    HeaderValue::from_str(&policy)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'"))
+}
 
-fn file(content_type: &'static str, body: &'static str) -> Response {
+fn file(app: &AppState, content_type: &'static str, body: &'static str) -> Response {
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, app.dashboard_csp.clone());
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -43,20 +54,20 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
     resp
 }
 
-pub async fn index() -> Response {
-    file("text/html; charset=utf-8", INDEX_HTML)
+pub async fn index(State(app): State<AppState>) -> Response {
+    file(&app, "text/html; charset=utf-8", INDEX_HTML)
 }
 
-pub async fn app_js() -> Response {
-    file("text/javascript; charset=utf-8", APP_JS)
+pub async fn app_js(State(app): State<AppState>) -> Response {
+    file(&app, "text/javascript; charset=utf-8", APP_JS)
 }
 
-pub async fn style_css() -> Response {
-    file("text/css; charset=utf-8", STYLE_CSS)
+pub async fn style_css(State(app): State<AppState>) -> Response {
+    file(&app, "text/css; charset=utf-8", STYLE_CSS)
 }
 
-pub async fn favicon() -> Response {
-    file("image/svg+xml", FAVICON_SVG)
+pub async fn favicon(State(app): State<AppState>) -> Response {
+    file(&app, "image/svg+xml", FAVICON_SVG)
 }
 
 /// The work queue's depth and consumers, asked of the broker at most once a second

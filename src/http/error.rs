@@ -7,6 +7,8 @@ use axum::Json;
 use serde_json::json;
 
 use crate::auth::AuthError;
+use crate::blob::BlobError;
+use crate::submitter::SubmitError;
 use imagejobs_core::broker::PublishError;
 
 /// Every way a request can fail. The `details` never carry internals such as broker
@@ -61,6 +63,8 @@ pub enum Rejected {
     Watchers,
     /// The index is still reading the events stream.
     CatchingUp,
+    /// The blob service did not store a claim-checked image (down, slow, 429, 5xx).
+    BlobUnavailable,
 }
 
 impl Rejected {
@@ -74,6 +78,7 @@ impl Rejected {
             Rejected::InFlight => "in_flight",
             Rejected::Watchers => "watchers",
             Rejected::CatchingUp => "catching_up",
+            Rejected::BlobUnavailable => "blob_unavailable",
         }
     }
 }
@@ -130,6 +135,22 @@ impl ApiError {
             details: "the job index is catching up with the events stream; retry shortly".into(),
             retry_after_secs: 1,
             reason: Rejected::CatchingUp,
+        }
+    }
+}
+
+impl From<&SubmitError> for ApiError {
+    fn from(e: &SubmitError) -> Self {
+        match e {
+            SubmitError::Publish(e) => ApiError::from(e),
+            SubmitError::Blob(BlobError::Unavailable(_)) => ApiError::Unavailable {
+                details: "the blob service could not store the image; retry later".into(),
+                retry_after_secs: 2,
+                reason: Rejected::BlobUnavailable,
+            },
+            SubmitError::Blob(BlobError::Refused(why)) => {
+                ApiError::BadGateway(format!("the blob service refused the image: {why}"))
+            }
         }
     }
 }

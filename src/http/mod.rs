@@ -1,7 +1,7 @@
 //! The ingress's HTTP API (DESIGN §3): routes, shared state and the error type.
 
 mod cancel;
-mod dashboard;
+pub mod dashboard;
 pub mod error;
 mod jobs;
 mod live;
@@ -94,7 +94,7 @@ async fn ready(axum::extract::State(app): axum::extract::State<AppState>) -> (St
     } else {
         (StatusCode::OK, "ready".to_owned())
     };
-    let pending = app.outbox.pending();
+    let pending = app.submitter.outbox.pending();
     if pending > 0 {
         text.push_str(&format!("; {pending} QUEUED events waiting for the broker"));
     }

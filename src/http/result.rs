@@ -1,49 +1,17 @@
 //! `GET /api/v1/job/{id}/result`: the job's result (the worker's thumbnail) streamed from
 //! the blob service to the job's own tenant, so that browsers and clients never reach the
-//! blob service themselves.
-
-use std::time::Duration;
+//! blob service themselves; or, with `RESULT_REDIRECT=true`, a 307 to the result's
+//! absolute URL, so that a CDN or object store in front serves the bytes (DESIGN §10.1).
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 
 use super::error::ApiError;
 use super::jobs::lookup;
 use super::state::AppState;
 use imagejobs_core::status::Status;
-
-/// The HTTP client of results, and where relative locations live.
-pub struct Results {
-    http: reqwest::Client,
-    blob_url: String,
-}
-
-impl Results {
-    pub fn new(blob_url: &reqwest::Url, ca_pem: Option<&[u8]>) -> anyhow::Result<Self> {
-        imagejobs_core::tls::install_crypto();
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(pem) = ca_pem {
-            builder = builder.tls_certs_merge(reqwest::Certificate::from_pem_bundle(pem)?);
-        }
-        Ok(Results {
-            http: builder.build()?,
-            blob_url: blob_url.as_str().trim_end_matches('/').to_owned(),
-        })
-    }
-
-    /// `location` when it is an absolute URL, else the blob service's URL + it.
-    fn url_of(&self, location: &str) -> String {
-        if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_owned()
-        } else {
-            format!("{}/{}", self.blob_url, location.trim_start_matches('/'))
-        }
-    }
-}
 
 pub async fn result(
     State(app): State<AppState>,
@@ -55,8 +23,11 @@ pub async fn result(
         (Status::Success, Some(location)) => location,
         _ => return Err(ApiError::NoResult),
     };
-    let url = app.results.url_of(location);
-    let resp = app.results.http.get(&url).send().await.map_err(|e| {
+    let url = app.blobs.url_of(location);
+    if app.result_redirect {
+        return redirect(&url);
+    }
+    let resp = app.blobs.fetch(&url).await.map_err(|e| {
         tracing::warn!(job_id = %job.id, error = %e, "could not fetch a result");
         ApiError::BadGateway("the blob service did not answer; retry later".into())
     })?;
@@ -92,4 +63,18 @@ pub async fn result(
     // Only a header the blob service sent could be invalid; that is its failure.
     out.body(Body::from_stream(resp.bytes_stream()))
         .map_err(|_| ApiError::BadGateway("the result could not be relayed".into()))
+}
+
+/// A 307 to the result's URL. The answer is per tenant (the route checks the token), so
+/// caches may keep it only privately.
+fn redirect(url: &str) -> Result<Response, ApiError> {
+    let location = HeaderValue::from_str(url)
+        .map_err(|_| ApiError::BadGateway("the result's location is not a valid URL".into()))?;
+    Response::builder()
+        .status(StatusCode::TEMPORARY_REDIRECT)
+        .header(header::LOCATION, location)
+        .header(header::CACHE_CONTROL, "private, max-age=3600")
+        .header(header::VARY, "authorization")
+        .body(Body::empty())
+        .map_err(|_| ApiError::BadGateway("the result could not be redirected".into()))
 }

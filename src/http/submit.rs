@@ -1,23 +1,21 @@
-//! `POST /api/v1/job`: authenticate, read and check the image, publish it with a
-//! confirm, answer 202.
-
-use std::sync::atomic::{AtomicBool, Ordering};
+//! `POST /api/v1/job`: authenticate, read and check the image, hand it to the
+//! [`Submitter`](crate::submitter::Submitter), answer 202.
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use serde_json::json;
 
 use super::error::ApiError;
 use super::state::AppState;
 use super::upload::{self, BodyKind};
 use crate::idempotency;
-use imagejobs_core::ids::JobId;
-use imagejobs_core::message::JobMeta;
+use crate::submitter::{Carriage, Submission};
+use imagejobs_core::ids::{JobId, Md5, Md5Stream};
 use imagejobs_core::trace::TraceContext;
 use tracing::Instrument;
 
@@ -60,80 +58,54 @@ pub async fn submit(
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::TooLarge { limit: max });
     }
-    let bytes = tokio::time::timeout(app.body_timeout, read_body(body, limit, max))
+    // A raw body's MD5 is computed as it arrives when it will be needed: to check a
+    // Content-MD5, or for the `md5` header of an image that may go by reference. (A JSON
+    // body's image exists only once decoded; a `Sniff` body may turn out raw.)
+    let may_be_reference = declared
+        .is_none_or(|len| app.submitter.claim_check.carriage(len.min(max)) == Carriage::Reference);
+    let hash = kind != BodyKind::Json && (headers.contains_key("content-md5") || may_be_reference);
+    let read = read_body(body, limit, max, declared, hash);
+    let (bytes, streamed) = tokio::time::timeout(app.body_timeout, read)
         .await
         .map_err(|_| ApiError::Timeout {
             what: "request body",
         })??;
-    let upload = match kind.resolve(&bytes) {
+    let image = match kind.resolve(&bytes) {
         BodyKind::Json | BodyKind::Sniff => upload::from_json(&bytes, max)?,
         BodyKind::Raw => {
             let md5 = headers
                 .get("content-md5")
                 .map(|v| v.to_str().unwrap_or("?"));
-            upload::from_raw(bytes, md5, max)?
+            upload::from_raw(bytes, md5, streamed, max)?
         }
     };
 
-    let id = match &key {
-        Some(k) => JobId::for_idempotency_key(caller.tenant_id, k),
-        None => JobId::new(),
-    };
-    let meta = JobMeta {
-        id,
-        tenant_id: caller.tenant_id,
-        client_id: caller.client_id,
-        content_type: Some(upload.mime.to_owned()),
-        md5: upload.md5,
-        attempt: 1,
-        payload_location: None,
-        payload_size: Some(upload.bytes.len() as u64),
-    };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let trace = TraceContext::continue_or_start(header("traceparent"), header("tracestate"));
     let span = tracing::info_span!(
         "submit",
         trace_id = %trace.parent.trace_hex(),
-        job_id = %id,
+        job_id = tracing::field::Empty,
         tenant_id = caller.tenant_id.0,
     );
     imagejobs_core::telemetry::link(&span, &trace.parent);
-    publish(&app, key, &meta, &upload.bytes, &trace)
+    let size = image.bytes.len();
+    let submission = Submission {
+        caller,
+        image,
+        key,
+        trace,
+    };
+    let (id, carriage) = app
+        .submitter
+        .submit(submission)
         .instrument(span.clone())
-        .await?;
-    tracing::info!(parent: &span, size = upload.bytes.len(), "job accepted");
+        .await
+        .map_err(|e| ApiError::from(e.as_ref()))?;
+    span.record("job_id", tracing::field::display(id));
+    let by_reference = carriage == Carriage::Reference;
+    tracing::info!(parent: &span, %id, size, by_reference, "job accepted");
     Ok(accepted(id))
-}
-
-/// Publishes the job once: an Idempotency-Key already seen publishes nothing again.
-async fn publish(
-    app: &AppState,
-    key: Option<String>,
-    meta: &JobMeta,
-    bytes: &[u8],
-    trace: &TraceContext,
-) -> Result<(), ApiError> {
-    let (id, tenant) = (meta.id, meta.tenant_id);
-    match key {
-        // A job the index knows was published before (here or by another replica).
-        Some(_) if app.index.get(id).is_some() => app.metrics.idempotency_hit(),
-        Some(k) => {
-            let ran = AtomicBool::new(false);
-            let publish = async {
-                ran.store(true, Ordering::Relaxed);
-                app.enqueue(meta, bytes, trace).await
-            };
-            app.idempotency
-                .publish_once(tenant, k, publish)
-                .await
-                .map_err(|e| ApiError::from(e.as_ref()))?;
-            if !ran.load(Ordering::Relaxed) {
-                app.metrics.idempotency_hit();
-            }
-        }
-        None => app.enqueue(meta, bytes, trace).await?,
-    }
-    Ok(())
 }
 
 fn accepted(id: JobId) -> Response {
@@ -149,16 +121,45 @@ fn accepted(id: JobId) -> Response {
     resp
 }
 
-/// Reads at most `limit` bytes. A body that arrives in one piece is not copied.
-async fn read_body(body: Body, limit: usize, max_image: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::TooLarge { limit: max_image })
+/// Reads at most `limit` bytes, into one buffer sized by `Content-Length` when the client
+/// declared it, and with `hash` their MD5 as they arrive. A body that arrives in one piece
+/// is not copied.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    max_image: usize,
+    declared: Option<usize>,
+    hash: bool,
+) -> Result<(Bytes, Option<Md5>), ApiError> {
+    let mut pieces = body.into_data_stream();
+    let mut md5 = hash.then(Md5Stream::new);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(piece) = pieces.next().await {
+        let piece = piece
+            .map_err(|e| ApiError::bad_request("could not read the request body", e.to_string()))?;
+        len += piece.len();
+        if len > limit {
+            return Err(ApiError::TooLarge { limit: max_image });
         }
-        Err(e) => Err(ApiError::bad_request(
-            "could not read the request body",
-            e.to_string(),
-        )),
+        if let Some(md5) = &mut md5 {
+            md5.update(&piece);
+        }
+        if let Some(buf) = &mut joined {
+            buf.extend_from_slice(&piece);
+        } else if let Some(head) = first.take() {
+            let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).clamp(len, limit));
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(&piece);
+            joined = Some(buf);
+        } else {
+            first = Some(piece);
+        }
     }
+    let bytes = match joined {
+        Some(buf) => buf.freeze(),
+        None => first.unwrap_or_default(),
+    };
+    Ok((bytes, md5.map(Md5Stream::finish)))
 }

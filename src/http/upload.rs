@@ -19,14 +19,8 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// A validated image, ready to publish.
-#[derive(Debug)]
-pub struct Upload {
-    pub bytes: Bytes,
-    pub mime: &'static str,
-    /// Present when the client sent one (it has been checked against the bytes).
-    pub md5: Option<Md5>,
-}
+/// A validated image, ready to submit.
+pub use crate::submitter::Image as Upload;
 
 /// How the body is to be read, from its `Content-Type`.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -144,14 +138,16 @@ pub fn from_json(body: &[u8], max_image: usize) -> Result<Upload, ApiError> {
     if bytes.len() > max_image {
         return Err(ApiError::TooLarge { limit: max_image });
     }
-    finish(Bytes::from(bytes), expected)
+    finish(Bytes::from(bytes), expected, None)
 }
 
 /// Checks a raw `image/*` body, with an optional `Content-MD5` (RFC 1864: base64 of the
-/// digest; 32 hex digits are taken too).
+/// digest; 32 hex digits are taken too). `digest` is the body's MD5 when it was computed
+/// while the body arrived; it is checked against and kept instead of hashing again.
 pub fn from_raw(
     body: Bytes,
     content_md5: Option<&str>,
+    digest: Option<Md5>,
     max_image: usize,
 ) -> Result<Upload, ApiError> {
     if body.len() > max_image {
@@ -166,7 +162,7 @@ pub fn from_raw(
             )
         })?),
     };
-    finish(body, expected)
+    finish(body, expected, digest)
 }
 
 fn parse_content_md5(v: &str) -> Option<Md5> {
@@ -177,15 +173,18 @@ fn parse_content_md5(v: &str) -> Option<Md5> {
     Some(Md5(raw.try_into().ok()?))
 }
 
-fn finish(bytes: Bytes, expected: Option<Md5>) -> Result<Upload, ApiError> {
+fn finish(bytes: Bytes, expected: Option<Md5>, digest: Option<Md5>) -> Result<Upload, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "empty image",
             "the image has no bytes",
         ));
     }
-    if let Some(expected) = expected {
-        let actual = Md5::of(&bytes);
+    let digest = match (expected, digest) {
+        (Some(_), None) => Some(Md5::of(&bytes)),
+        (_, known) => known,
+    };
+    if let (Some(expected), Some(actual)) = (expected, digest) {
         if actual != expected {
             return Err(ApiError::bad_request(
                 "md5 mismatch",
@@ -200,6 +199,7 @@ fn finish(bytes: Bytes, expected: Option<Md5>) -> Result<Upload, ApiError> {
         bytes,
         mime,
         md5: expected,
+        digest,
     })
 }
 
@@ -279,28 +279,29 @@ mod tests {
     #[test]
     fn raw_with_content_md5() {
         let digest = base64::engine::general_purpose::STANDARD.encode(Md5::of(PNG).0);
-        assert!(from_raw(Bytes::from_static(PNG), Some(&digest), 1024).is_ok());
+        assert!(from_raw(Bytes::from_static(PNG), Some(&digest), None, 1024).is_ok());
         assert!(from_raw(
             Bytes::from_static(PNG),
             Some(&Md5::of(PNG).to_string()),
+            Some(Md5::of(PNG)),
             1024
         )
         .is_ok());
         let wrong = base64::engine::general_purpose::STANDARD.encode(Md5::of(b"x").0);
         assert_eq!(
-            from_raw(Bytes::from_static(PNG), Some(&wrong), 1024)
+            from_raw(Bytes::from_static(PNG), Some(&wrong), None, 1024)
                 .unwrap_err()
                 .status(),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            from_raw(Bytes::from_static(PNG), None, 4)
+            from_raw(Bytes::from_static(PNG), None, None, 4)
                 .unwrap_err()
                 .status(),
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(
-            from_raw(Bytes::new(), None, 4).unwrap_err().status(),
+            from_raw(Bytes::new(), None, None, 4).unwrap_err().status(),
             StatusCode::BAD_REQUEST
         );
     }
@@ -434,7 +435,8 @@ mod tests {
                 ],
             ) {
                 let md5 = md5.map(|m| if m == "right" { BASE64.encode(Md5::of(&img).0) } else { m });
-                let result = from_raw(Bytes::from(img.clone()), md5.as_deref(), MAX);
+                let streamed = Md5::of(&img);
+                let result = from_raw(Bytes::from(img.clone()), md5.as_deref(), Some(streamed), MAX);
                 let small_image = img.len() <= MAX && sniff::image_mime(&img).is_some();
                 let digest_ok = md5.as_deref().is_none_or(|m| {
                     parse_content_md5(m.trim()) == Some(Md5::of(&img))

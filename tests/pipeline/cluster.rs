@@ -144,6 +144,7 @@ async fn a_queued_event_that_missed_the_broker_is_kept_and_delivered() {
         payload_size: Some(1),
     };
     ing.state
+        .submitter
         .outbox
         .push(StatusEvent::new(&meta, Status::Queued))
         .expect("room in the outbox");
@@ -161,7 +162,7 @@ async fn a_queued_event_that_missed_the_broker_is_kept_and_delivered() {
     .await;
     proxy.restore();
     eventually(T, "the outbox to drain", || async {
-        (ing.state.outbox.pending() == 0).then_some(())
+        (ing.state.submitter.outbox.pending() == 0).then_some(())
     })
     .await;
     let other = p.ingress().await;

@@ -93,14 +93,15 @@
   const authHeaders = (token = S.token) => ({ Authorization: `Bearer ${token}` });
 
   /** fetch() with the token; throws ApiError for network failures (status 0) and non-2xx answers. */
-  async function request(path, { method = "GET", token = S.token, accept = "application/json", signal } = {}) {
+  async function request(path, { method = "GET", token = S.token, accept = "application/json", signal, redirect = "follow" } = {}) {
     let res;
     try {
-      res = await fetch(path, { method, signal, cache: "no-store", headers: { ...authHeaders(token), Accept: accept } });
+      res = await fetch(path, { method, signal, redirect, cache: "no-store", headers: { ...authHeaders(token), Accept: accept } });
     } catch (err) {
       if (err && err.name === "AbortError") throw err;
       throw networkError("the server could not be reached");
     }
+    if (res.type === "opaqueredirect") return res;   // redirect: "manual" asked to see it
     if (!res.ok) throw errorFrom(res.status, await res.json().catch(() => null), res.headers.get("Retry-After"));
     return res;
   }
@@ -399,12 +400,25 @@
     thumbs.add(() => loadThumb(id, session).finally(() => S.thumbPending.delete(id)));
   }
 
-  /** Fetch with the header (an <img> can't send it), then show it as a blob: URL. */
+  /**
+   * Fetch with the header (an <img> can't send it), then show it as a blob: URL. An
+   * ingress with RESULT_REDIRECT answers 307 to where the result is served (a CDN, an
+   * object store): the token must not follow it there, so the redirect is not followed;
+   * the <img> loads the result's own URL, which the job carries, without the token.
+   */
   async function loadThumb(id, session) {
     const img = () => S.rows.has(id) && S.rows.get(id).li.querySelector("img.thumb");
     if (session !== S.session || !S.rows.has(id)) return;   // row went away while queued
     try {
-      const blob = await (await request(`/api/v1/job/${encodeURIComponent(id)}/result`, { accept: "image/*" })).blob();
+      const res = await request(`/api/v1/job/${encodeURIComponent(id)}/result`, { accept: "image/*", redirect: "manual" });
+      if (res.type === "opaqueredirect") {
+        const loc = S.rows.has(id) && S.rows.get(id).job.payload_location;
+        if (!loc || !/^https?:\/\//.test(loc)) throw networkError("the result is served elsewhere, at no absolute URL");
+        S.thumbs.set(id, loc);
+        if (img()) img().src = loc;
+        return;
+      }
+      const blob = await res.blob();
       if (session !== S.session || !S.rows.has(id)) return;   // row went away meanwhile
       S.thumbs.set(id, URL.createObjectURL(blob));
       if (img()) img().src = S.thumbs.get(id);
@@ -416,7 +430,7 @@
   }
 
   function dropThumb(id) {
-    if (S.thumbs.has(id)) URL.revokeObjectURL(S.thumbs.get(id));
+    if (S.thumbs.has(id) && S.thumbs.get(id).startsWith("blob:")) URL.revokeObjectURL(S.thumbs.get(id));
     S.thumbs.delete(id);
   }
 
