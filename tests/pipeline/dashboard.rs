@@ -204,3 +204,43 @@ async fn a_person_uploads_watches_and_cancels() {
     ing.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With `RESULT_REDIRECT=true` the result route answers 307 to where the result is served;
+/// the dashboard does not follow it with the token, but shows the thumbnail from the
+/// result's own URL (here the stub blob service, another origin than the ingress).
+#[tokio::test]
+async fn thumbnails_load_from_the_results_own_url_when_results_redirect() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let _failure = b.screenshot_on_panic(screenshot_path("dashboard-redirect-failure.png"));
+    let p = Pipeline::new().await;
+    let ing = p.ingress_with(|c| c.result_redirect = true).await;
+    let _consumer = p.consumer().await;
+    let id = ing.submit_id(&png(70, 50)).await;
+    let job = ing.wait_terminal(&id, 1, T).await;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    let result_url = job["payload_location"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(result_url.starts_with("http://127.0.0.1:"), "{result_url}");
+
+    b.goto(&format!("{}/", ing.url)).await;
+    b.wait_for("form#token-form", T).await;
+    b.find("textarea#token").await.send_keys(&token(1, 1)).await;
+    b.find("button#token-save").await.click().await;
+    b.wait_for("#app:not([hidden])", T).await;
+    let script = format!(
+        "const r = document.querySelector('{sel}');
+         const img = r && r.querySelector('img.thumb');
+         return img && img.complete && img.naturalWidth > 0
+           ? {{ src: img.src, width: img.naturalWidth }} : null;",
+        sel = row(&id),
+    );
+    let v = b
+        .wait_script(T, &format!("job {id}'s thumbnail from its URL"), &script)
+        .await;
+    assert_eq!(v["src"], result_url.as_str(), "{v}");
+    assert!(v["width"].as_u64().is_some_and(|w| w > 0), "{v}");
+}
