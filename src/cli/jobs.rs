@@ -219,8 +219,7 @@ pub async fn result(args: ResultArgs) -> anyhow::Result<ExitCode> {
         }
         path => {
             let path = path.unwrap_or_else(|| format!("{}.{ext}", args.id).into());
-            std::fs::write(&path, &bytes)
-                .with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
             eprintln!("{}  {} bytes from {from}", path.display(), bytes.len());
         }
     }
