@@ -12,7 +12,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use imagejobs_core::broker::{Broker, BrokerConfig, WhenBlocked};
 use imagejobs_core::config::{self, BrokerArgs, ByteSize, Secret};
-use imagejobs_core::events::{EventSink, Feed, Start};
+use imagejobs_core::events::EventSink;
 use imagejobs_core::topology::Topology;
 
 use imagejobs_serve::{InFlight, Limits};
@@ -23,10 +23,12 @@ use crate::auth::{self, TokenKey, Verifier};
 use crate::blob::BlobService;
 use crate::http::{self, AppState, Shared};
 use crate::idempotency::IdempotencyCache;
-use crate::index::{self, JobIndex};
+use crate::index::follow::{Follower, Progress};
+use crate::index::JobIndex;
 use crate::metrics::IngressMetrics;
 use crate::outbox::Outbox;
 use crate::ratelimit::TenantLimiter;
+use crate::snapshots::{SnapshotSettings, Snapshots};
 use crate::submitter::{ClaimCheck, Submitter};
 
 /// `imagejobs-ingress`: the HTTP API that validates and publishes image jobs.
@@ -150,6 +152,25 @@ pub struct IngressConfig {
     /// Event streams (`/events`) open at once at most; beyond them the answer is 503.
     #[arg(long, env = "MAX_WATCHERS", default_value_t = 10_000)]
     pub max_watchers: usize,
+
+    /// Directory where the job index is snapshotted (with the stream offset it covers), so
+    /// that a restart replays only the stream's tail; unset = no snapshots.
+    #[arg(long, env = "INDEX_SNAPSHOT_DIR")]
+    pub index_snapshot_dir: Option<PathBuf>,
+
+    /// How often the index is snapshotted (also at a graceful shutdown): `5m`, `30s`, ...
+    #[arg(long, env = "INDEX_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = config::duration)]
+    pub index_snapshot_interval: Duration,
+
+    /// Base URL of a blob store (PUT/GET `{url}/{name}`) where replicas share snapshots,
+    /// so that a new replica with an empty disk starts from the newest; unset = not shared.
+    #[arg(long, env = "INDEX_SNAPSHOT_URL")]
+    pub index_snapshot_url: Option<reqwest::Url>,
+
+    /// Finished jobs leave the index this long after their final status (404 afterwards);
+    /// unfinished jobs never do: `7d`, `36h`, ...
+    #[arg(long, env = "INDEX_RETENTION", default_value = "7d", value_parser = config::duration)]
+    pub index_retention: Duration,
 }
 
 impl Default for IngressConfig {
@@ -184,6 +205,10 @@ impl Default for IngressConfig {
             result_redirect: false,
             sse_heartbeat: Duration::from_secs(15),
             max_watchers: 10_000,
+            index_snapshot_dir: None,
+            index_snapshot_interval: Duration::from_secs(300),
+            index_snapshot_url: None,
+            index_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -271,7 +296,17 @@ impl IngressConfig {
             self.sse_heartbeat.as_secs().to_string(),
             "--max-watchers".into(),
             self.max_watchers.to_string(),
+            "--index-snapshot-interval".into(),
+            config::format_duration(self.index_snapshot_interval),
+            "--index-retention".into(),
+            config::format_duration(self.index_retention),
         ]);
+        if let Some(dir) = &self.index_snapshot_dir {
+            out.extend(["--index-snapshot-dir".into(), dir.display().to_string()]);
+        }
+        if let Some(url) = &self.index_snapshot_url {
+            out.extend(["--index-snapshot-url".into(), url.to_string()]);
+        }
         for (flag, path) in [
             ("--jwt-public-key-file", &self.jwt_public_key_file),
             ("--tls-cert-file", &self.tls_cert_file),
@@ -309,7 +344,12 @@ pub struct Ingress {
     /// Stops the broker connection (and the index follower) when dropped: after serving,
     /// or with an ingress that never served.
     broker_guard: DropGuard,
+    /// The index follower, which writes a last snapshot when it stops.
+    follower: tokio::task::JoinHandle<()>,
 }
+
+/// How long a stopping ingress waits for the follower's last snapshot.
+const LAST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Ingress {
     pub async fn build(config: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
@@ -341,19 +381,40 @@ impl Ingress {
         let events = EventSink::with_limits(broker.clone(), config.broker.group_limits());
         let index = JobIndex::new();
         let metrics = Arc::new(IngressMetrics::new());
-        tokio::spawn(index::follow::follow(
-            Feed::new(broker.clone(), Start::First),
-            events.clone(),
-            index.clone(),
-            metrics.clone(),
-            config.broker.topology.events_max_age.duration(),
-            broker_stop.clone(),
-        ));
         let ca_pem = config
             .service_ca_file
             .as_deref()
             .map(imagejobs_core::tls::read_pem)
             .transpose()?;
+        let events_max_age = config.broker.topology.events_max_age.duration();
+        if events_max_age < config.index_retention {
+            tracing::warn!(
+                events_max_age = %config::format_duration(events_max_age),
+                index_retention = %config::format_duration(config.index_retention),
+                "the events stream keeps less than INDEX_RETENTION: a replica that replays it \
+                 (no snapshot) knows finished jobs for EVENTS_MAX_AGE only"
+            );
+        }
+        let snapshots = Snapshots::new(
+            SnapshotSettings {
+                dir: config.index_snapshot_dir.clone(),
+                url: config.index_snapshot_url.clone(),
+                interval: config.index_snapshot_interval,
+                prefix: config.broker.topology.amqp_prefix.clone(),
+            },
+            ca_pem.as_deref(),
+        )?;
+        let progress = Arc::new(Progress::new());
+        let follower = Follower {
+            broker: broker.clone(),
+            sink: events.clone(),
+            index: index.clone(),
+            metrics: metrics.clone(),
+            snapshots,
+            progress: progress.clone(),
+            retention: config.index_retention,
+        };
+        let follower = tokio::spawn(follower.run(broker_stop.clone()));
         let blobs = BlobService::new(
             &config.blob_service_url,
             ca_pem.as_deref(),
@@ -374,6 +435,7 @@ impl Ingress {
         };
         let dashboard_csp = http::dashboard::csp(config.result_redirect, blobs.origin().as_deref());
         let state = AppState::new(Shared {
+            progress,
             dashboard_csp,
             blobs,
             result_redirect: config.result_redirect,
@@ -402,6 +464,7 @@ impl Ingress {
             state,
             shutdown,
             broker_guard: broker_stop.drop_guard(),
+            follower,
         })
     }
 
@@ -431,6 +494,7 @@ impl Ingress {
             state,
             shutdown,
             broker_guard,
+            follower,
         } = self;
         let metrics = state.metrics.clone();
         let router = http::router(state)
@@ -446,6 +510,12 @@ impl Ingress {
             .await
             .context("serving HTTP");
         drop(broker_guard);
+        if tokio::time::timeout(LAST_SNAPSHOT_TIMEOUT, follower)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the index follower did not stop in time; no last snapshot");
+        }
         served
     }
 }
@@ -477,6 +547,12 @@ mod tests {
             claim_check_min_bytes: ByteSize(0),
             blob_put_timeout: Duration::from_millis(1500),
             result_redirect: true,
+            index_snapshot_dir: Some("/tmp/snapshots".into()),
+            index_snapshot_interval: Duration::from_millis(1500),
+            index_snapshot_url: Some(
+                reqwest::Url::parse("http://127.0.0.1:1/api/v1/blob").unwrap(),
+            ),
+            index_retention: Duration::from_secs(36 * 3600),
             jwt_audience: Some("aud".into()),
             ..IngressConfig::default()
         };

@@ -8,7 +8,8 @@
 //! - [`auth`]: bearer tokens; [`ratelimit`]: per-tenant limits; [`idempotency`]: keyed
 //!   submits.
 //! - [`index`]: the job index and the follower that feeds it from the events stream;
-//!   [`outbox`]: QUEUED events that still have to reach the stream.
+//!   [`outbox`]: QUEUED events that still have to reach the stream; [`snapshots`]:
+//!   where the index's snapshots are kept (a directory, a shared blob store).
 //! - [`metrics`]: the Prometheus metrics of `GET /metrics`.
 //! - [`cli`]: the `imagejobs` command; [`sse`]: its reader of server-sent events.
 //!
@@ -25,5 +26,6 @@ pub mod ingress;
 pub mod metrics;
 pub mod outbox;
 pub mod ratelimit;
+pub mod snapshots;
 pub mod sse;
 pub mod submitter;

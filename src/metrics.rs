@@ -23,6 +23,7 @@ use imagejobs_core::metrics::{latency_histogram, render, BrokerMetrics, CONTENT_
 use imagejobs_core::status::StatusEvent;
 
 use crate::http::error::Rejected;
+use crate::index::snapshot::SnapshotInfo;
 use crate::index::JobIndex;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +61,7 @@ pub struct IngressMetrics {
     idempotency_hits: Counter,
     events_applied: Counter,
     follower_lag: Gauge<f64, AtomicU64>,
+    snapshot: SnapshotMetrics,
     index_jobs: Gauge,
     index_bytes: Gauge,
     broker: BrokerMetrics,
@@ -126,6 +128,7 @@ impl IngressMetrics {
             Unit::Seconds,
             follower_lag.clone(),
         );
+        let snapshot = SnapshotMetrics::register(&mut r);
         let index_jobs = Gauge::default();
         r.register(
             "imagejobs_index_jobs",
@@ -150,6 +153,7 @@ impl IngressMetrics {
             idempotency_hits,
             events_applied,
             follower_lag,
+            snapshot,
             index_jobs,
             index_bytes,
             broker,
@@ -158,6 +162,7 @@ impl IngressMetrics {
 
     /// Renders every family, with the gauges read now.
     pub fn render(&self, index: &JobIndex, broker: &Broker) -> String {
+        self.snapshot.refresh_age();
         self.index_jobs.set(index.len() as i64);
         self.index_bytes.set(index.approx_bytes() as i64);
         self.broker.refresh(broker);
@@ -174,6 +179,16 @@ impl IngressMetrics {
     /// A claim-checked image's PUT to the blob service took this long, answered or not.
     pub fn blob_put(&self, started: Instant) {
         self.blob_puts.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// An index snapshot was written in `secs` seconds.
+    pub fn snapshot_written(&self, info: &SnapshotInfo, secs: f64) {
+        self.snapshot.record(info, "write", secs);
+    }
+
+    /// An index snapshot was loaded at start-up in `secs` seconds.
+    pub fn snapshot_loaded(&self, info: &SnapshotInfo, secs: f64) {
+        self.snapshot.record(info, "load", secs);
     }
 
     pub fn idempotency_hit(&self) {
@@ -302,5 +317,81 @@ mod tests {
         assert_eq!(route_of("/dashboard/app.js"), "/dashboard");
         assert_eq!(route_of("/api/v1/job/"), "other");
         assert_eq!(route_of("/etc/passwd"), "other");
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnapshotOpLabels {
+    op: &'static str,
+}
+
+/// The index snapshots' gauges: the newest one's age, size and offset, and how long the
+/// last write and the load at start-up took.
+struct SnapshotMetrics {
+    age: Gauge<f64, AtomicU64>,
+    bytes: Gauge,
+    offset: Gauge,
+    duration: Family<SnapshotOpLabels, Gauge<f64, AtomicU64>>,
+    /// When the newest snapshot was made (ms since the epoch; 0 = none yet).
+    made_ms: std::sync::atomic::AtomicU64,
+}
+
+impl SnapshotMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let m = SnapshotMetrics {
+            age: Gauge::default(),
+            bytes: Gauge::default(),
+            offset: Gauge::default(),
+            duration: Family::default(),
+            made_ms: Default::default(),
+        };
+        r.register_with_unit(
+            "imagejobs_index_snapshot_age",
+            "Age of the newest index snapshot this ingress wrote or loaded",
+            Unit::Seconds,
+            m.age.clone(),
+        );
+        r.register_with_unit(
+            "imagejobs_index_snapshot_size",
+            "Size of the newest index snapshot",
+            Unit::Bytes,
+            m.bytes.clone(),
+        );
+        r.register(
+            "imagejobs_index_snapshot_offset",
+            "Events stream offset the newest index snapshot covers",
+            m.offset.clone(),
+        );
+        r.register_with_unit(
+            "imagejobs_index_snapshot_duration",
+            "How long the last index snapshot write, and the load at start-up, took",
+            Unit::Seconds,
+            m.duration.clone(),
+        );
+        m
+    }
+
+    fn record(&self, info: &SnapshotInfo, op: &'static str, secs: f64) {
+        self.bytes
+            .set(i64::try_from(info.bytes).unwrap_or(i64::MAX));
+        self.offset.set(info.offset);
+        self.made_ms
+            .store(info.written_at_ms, std::sync::atomic::Ordering::Relaxed);
+        self.duration
+            .get_or_create(&SnapshotOpLabels { op })
+            .set(secs);
+        self.refresh_age();
+    }
+
+    fn refresh_age(&self) {
+        let made = self.made_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if made == 0 {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.age.set(now.saturating_sub(made) as f64 / 1000.0);
     }
 }

@@ -206,7 +206,12 @@ impl Submitter {
             )?;
         self.metrics.confirmed("job", started);
         let event = StatusEvent::new(meta, Status::Queued);
-        self.index.apply(&event);
+        // Known here at once, so that a GET right after the 202 finds it. Not while the
+        // index is still loading or replaying: it then answers 503 for ids it does not know,
+        // and a snapshot loads only into an index nothing was applied to.
+        if self.index.caught_up() {
+            self.index.apply(&event);
+        }
         let started = std::time::Instant::now();
         // The 202 waits for this confirm too: a replica restarted right after the 202 must
         // find the job in the stream.

@@ -469,6 +469,17 @@ pub fn millis(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{s:?} is not a whole number of milliseconds"))
 }
 
+/// Parses a duration with a unit (`5m`, `30s`, `7d`, `1h 30m`, `250ms`): settings whose
+/// natural unit varies.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration: {e}"))
+}
+
+/// A duration as [`duration`] reads it back.
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 /// Parses a whole number of seconds (settings named `*_SECS`).
 pub fn secs(s: &str) -> Result<Duration, String> {
     s.trim()

@@ -87,10 +87,7 @@ async fn ready(axum::extract::State(app): axum::extract::State<AppState>) -> (St
         let text = format!("the broker blocks publishers (resource alarm): {reason}");
         (StatusCode::SERVICE_UNAVAILABLE, text)
     } else if !app.index.caught_up() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "job index catching up".to_owned(),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, app.progress.describe())
     } else {
         (StatusCode::OK, "ready".to_owned())
     };

@@ -28,6 +28,8 @@ pub struct Shared {
     /// Accepts jobs: the claim check, the confirmed publish, the QUEUED event.
     pub submitter: Submitter,
     pub index: JobIndex,
+    /// What the index follower is doing (`/readyz`).
+    pub progress: Arc<crate::index::follow::Progress>,
     pub metrics: Arc<IngressMetrics>,
     /// Where results are fetched (`GET /api/v1/job/{id}/result`).
     pub blobs: BlobService,

@@ -71,6 +71,26 @@ impl Patterns {
         Stored::Pattern(n)
     }
 
+    /// Every pattern, by number (the first is number 1).
+    pub fn all(&self) -> Vec<Parts> {
+        let map = self.by_parts.read().unwrap_or_else(|p| p.into_inner());
+        map.1.clone()
+    }
+
+    /// Puts back the patterns of a snapshot, numbered as they were; into an empty set only
+    /// (a set that has some keeps them), and at most [`MAX_PATTERNS`].
+    pub fn restore(&self, parts: Vec<Parts>) {
+        let mut map = self.by_parts.write().unwrap_or_else(|p| p.into_inner());
+        if !map.1.is_empty() {
+            return;
+        }
+        for key in parts.into_iter().take(MAX_PATTERNS) {
+            let n = u16::try_from(map.1.len() + 1).unwrap_or(u16::MAX);
+            map.0.entry(key.clone()).or_insert(n);
+            map.1.push(key);
+        }
+    }
+
     pub fn load(&self, id: JobId, n: u16) -> Option<String> {
         let map = self.by_parts.read().unwrap_or_else(|p| p.into_inner());
         let (prefix, suffix) = map.1.get(usize::from(n).checked_sub(1)?)?;

@@ -17,6 +17,7 @@ pub mod follow;
 mod location;
 mod order;
 mod owner;
+pub mod snapshot;
 mod table;
 mod throughput;
 pub mod watch;
@@ -238,9 +239,20 @@ impl JobIndex {
         }
     }
 
+    fn shard_no(&self, id: JobId) -> usize {
+        (id.0.as_u128() as usize) % SHARDS
+    }
+
     fn shard(&self, id: JobId) -> &RwLock<Shard> {
-        let n = (id.0.as_u128() as usize) % SHARDS;
-        &self.inner.shards[n]
+        &self.inner.shards[self.shard_no(id)]
+    }
+
+    /// Whether nothing at all was stored yet: no job, no owner, no location pattern (what
+    /// a snapshot loads into).
+    fn is_pristine(&self) -> bool {
+        self.is_empty()
+            && self.inner.owners.all().is_empty()
+            && self.inner.locations.all().is_empty()
     }
 
     /// Applies one event. Returns whether it changed the index.
@@ -459,8 +471,18 @@ impl JobIndex {
         })
     }
 
-    /// Drops jobs not updated since `cutoff` (they have left the stream's retention).
+    /// Drops finished jobs (SUCCESS, FAILED, CANCELLED) whose final status is older than
+    /// `cutoff` (`INDEX_RETENTION`); a job not yet finished stays, however old.
+    pub fn evict_finished_before(&self, cutoff: SystemTime) -> usize {
+        self.evict(cutoff, true)
+    }
+
+    /// Drops jobs not updated since `cutoff`, finished or not.
     pub fn evict_older_than(&self, cutoff: SystemTime) -> usize {
+        self.evict(cutoff, false)
+    }
+
+    fn evict(&self, cutoff: SystemTime, finished_only: bool) -> usize {
         let cutoff_ms = cutoff
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -473,7 +495,8 @@ impl JobIndex {
             let before = shard.records.len();
             let texts = &mut shard.texts;
             shard.records.retain(|id, r| {
-                let keep = r.updated_ms() >= cutoff_ms;
+                let keep =
+                    r.updated_ms() >= cutoff_ms || (finished_only && !r.status.is_terminal());
                 if !keep && r.flags & (TEXT_IS_ERROR | TEXT_IS_LOCATION) != 0 {
                     texts.remove(id);
                 }
@@ -692,6 +715,34 @@ mod tests {
         other.tenant_id = TenantId(99);
         assert!(!idx.apply(&other));
         assert_eq!(idx.get(id).unwrap().status, Status::Queued);
+    }
+
+    #[test]
+    fn retention_drops_finished_jobs_only() {
+        let idx = JobIndex::new();
+        let old = |id, status| {
+            let mut e = ev(id, status, 1);
+            e.at = "2000-01-01T00:00:00.000Z".into();
+            e
+        };
+        let (done, waiting, cancelled, fresh) =
+            (JobId::new(), JobId::new(), JobId::new(), JobId::new());
+        idx.apply(&old(done, Status::Success));
+        idx.apply(&old(waiting, Status::Queued));
+        idx.apply(&old(cancelled, Status::Cancelled));
+        idx.apply(&ev(fresh, Status::Failed, 1));
+        let cutoff = SystemTime::now() - Duration::from_secs(3600);
+        assert_eq!(idx.evict_finished_before(cutoff), 2);
+        assert!(idx.get(done).is_none() && idx.get(cancelled).is_none());
+        assert!(idx.get(waiting).is_some(), "an unfinished job never leaves");
+        assert!(idx.get(fresh).is_some(), "finished within the retention");
+        let listed: Vec<JobId> = idx
+            .list(TenantId(1), None, 10, None)
+            .jobs
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(listed.len(), 2, "gone from the listing too");
     }
 
     #[test]

@@ -36,6 +36,29 @@ impl Order {
     }
 
     /// Drops evicted jobs.
+    /// Forgets every tenant's list.
+    pub fn clear(&self) {
+        self.tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Replaces every list with `jobs` (tenant, created ms, id), in any order: one sort
+    /// instead of a sorted insert each, for an index loaded from a snapshot.
+    pub fn rebuild(&self, mut jobs: Vec<(TenantId, u64, JobId)>) {
+        jobs.sort_unstable();
+        let mut map: HashMap<TenantId, Vec<Key>> = HashMap::new();
+        for (tenant, ms, id) in jobs {
+            map.entry(tenant).or_default().push((ms, id));
+        }
+        for list in map.values_mut() {
+            list.dedup();
+            list.shrink_to_fit();
+        }
+        *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
     pub fn remove(&self, gone: &HashSet<JobId>) {
         if gone.is_empty() {
             return;

@@ -40,6 +40,12 @@ impl Owners {
         map.1.get(n as usize).copied()
     }
 
+    /// Every pair, by number.
+    pub fn all(&self) -> Vec<Pair> {
+        let map = self.by_pair.read().unwrap_or_else(|p| p.into_inner());
+        map.1.clone()
+    }
+
     pub fn tenant(&self, n: u32) -> Option<TenantId> {
         self.load(n).map(|(t, _)| t)
     }

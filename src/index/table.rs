@@ -117,6 +117,14 @@ impl<R> Table<R> {
         self.len
     }
 
+    /// Every record with its key, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (&JobId, &R)> {
+        self.chunks
+            .iter()
+            .flatten()
+            .filter_map(|(id, r)| r.as_ref().map(|r| (id, r)))
+    }
+
     /// Bytes this table holds on the heap: its chunks, slot table and free list.
     pub fn heap_bytes(&self) -> usize {
         self.chunks.len() * CHUNK * std::mem::size_of::<(JobId, Option<R>)>()

@@ -14,6 +14,7 @@ mod index;
 mod listing;
 mod live;
 mod metrics;
+mod snapshots;
 mod submit;
 mod submit_props;
 mod tls;
