@@ -12,4 +12,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /usr/local/bin/
 COPY examples/ /examples/
+# The ingress's index snapshots (INDEX_SNAPSHOT_DIR); a volume keeps them across restarts.
+RUN mkdir -p /var/lib/imagejobs/snapshots && chown nobody /var/lib/imagejobs/snapshots
 USER nobody

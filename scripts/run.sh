@@ -35,6 +35,9 @@ export WORKER_SERVICE_URL=${WORKER_SERVICE_URL:-http://127.0.0.1:$WORKER_PORT/ap
 export BLOB_SERVICE_URL=${BLOB_SERVICE_URL:-http://127.0.0.1:$BLOB_PORT/api/v1}
 export RETRY_DELAYS=${RETRY_DELAYS-2,5}
 export STUB_RUNNING_MS=${STUB_RUNNING_MS:-300}
+# The ingress snapshots its job index here: a restart replays only the newer events.
+export INDEX_SNAPSHOT_DIR=${INDEX_SNAPSHOT_DIR:-$root/.run/snapshots}
+export INDEX_SNAPSHOT_INTERVAL=${INDEX_SNAPSHOT_INTERVAL:-1m}
 consumers=${CONSUMERS:-2}
 
 for port in "$SERVER_PORT" "$WORKER_PORT" "$BLOB_PORT"; do
