@@ -224,6 +224,140 @@ fn supersedes(attempt: u32, status: Status, cur_attempt: u32, cur: Status) -> bo
     !cur.is_terminal() && status > cur
 }
 
+/// One event as [`merge`] takes it: parsed, its owner and location interned.
+struct Incoming<'a> {
+    status: Status,
+    attempt: u32,
+    /// The event's time, ms since the epoch.
+    at: u64,
+    /// The (tenant, client) pair's number.
+    owner: u32,
+    md5: Option<Md5>,
+    /// 0 = unknown, else 1 + index into `CONTENT_TYPES`.
+    content_type: u8,
+    payload_size: Option<u32>,
+    location: Option<&'a location::Stored>,
+    error: Option<&'a str>,
+}
+
+/// What happens to the job's one text (an error, or a location of no known pattern).
+#[derive(Debug, PartialEq)]
+enum TextChange {
+    Keep,
+    Remove,
+    Set(Box<str>),
+}
+
+/// The outcome of merging one event into one record.
+#[derive(Debug)]
+struct Merged {
+    record: Record,
+    text: TextChange,
+    /// Whether anything a reader sees changed.
+    changed: bool,
+    /// The status the record took from this event, if it took one.
+    became: Option<Status>,
+    /// Whether the record was already final before the event.
+    was_terminal: bool,
+    /// The creation time before the event (the order moves when it changes).
+    created_before: u64,
+}
+
+/// Merges one event into a job's record (`None`: the job is new): the index's rules, with
+/// no lock, no shared state and no side effect. Facts about the image fill in whatever is
+/// still unknown, from any event; the creation time is the earliest seen; the status, its
+/// attempt, time, error and location change only when [`supersedes`] says the event wins.
+fn merge(current: Option<&Record>, ev: &Incoming<'_>) -> Merged {
+    let mut rec = current.cloned().unwrap_or_else(|| {
+        let mut r = Record {
+            md5: [0; 16],
+            created_s: 0,
+            updated_delta_ms: 0,
+            payload_size: 0,
+            owner: ev.owner,
+            created_sub_ms: 0,
+            attempt: 0,
+            location: 0,
+            status: ev.status,
+            content_type: 0,
+            flags: 0,
+        };
+        r.set_times(ev.at, ev.at);
+        r
+    });
+    let mut changed = false;
+    if rec.flags & HAS_MD5 == 0 {
+        if let Some(md5) = ev.md5 {
+            rec.md5 = md5.0;
+            rec.flags |= HAS_MD5;
+            changed = true;
+        }
+    }
+    if rec.content_type == 0 && ev.content_type != 0 {
+        rec.content_type = ev.content_type;
+        changed = true;
+    }
+    if rec.payload_size == 0 {
+        if let Some(size) = ev.payload_size {
+            rec.payload_size = size;
+            changed |= size != 0;
+        }
+    }
+    let updated = rec.updated_ms();
+    let created_before = rec.created_ms();
+    let created = created_before.min(ev.at);
+    rec.set_times(created, updated);
+    let was_terminal = rec.status.is_terminal() && rec.attempt != 0;
+    let mut became = None;
+    let mut text = TextChange::Keep;
+    if rec.attempt == 0 || supersedes(ev.attempt, ev.status, u32::from(rec.attempt), rec.status) {
+        // A cancel may come with the attempt the ingress last saw: the count stays.
+        let attempt = match ev.status {
+            Status::Cancelled => ev.attempt.max(u32::from(rec.attempt)),
+            _ => ev.attempt,
+        };
+        rec.attempt = u16::try_from(attempt.max(1)).unwrap_or(u16::MAX);
+        became = Some(ev.status);
+        rec.status = ev.status;
+        rec.set_times(created, updated.max(ev.at));
+        // The error belongs to the status it came with; a location stays until a new one
+        // comes.
+        if rec.flags & TEXT_IS_ERROR != 0 {
+            text = TextChange::Remove;
+            rec.flags &= !TEXT_IS_ERROR;
+        }
+        match ev.location {
+            Some(location::Stored::Pattern(n)) => {
+                rec.location = *n;
+                if rec.flags & TEXT_IS_LOCATION != 0 {
+                    text = TextChange::Remove;
+                    rec.flags &= !TEXT_IS_LOCATION;
+                }
+            }
+            Some(location::Stored::Text(t)) => {
+                rec.location = 0;
+                text = TextChange::Set(t.clone());
+                rec.flags = (rec.flags & !TEXT_IS_ERROR) | TEXT_IS_LOCATION;
+            }
+            None => {}
+        }
+        if let Some(error) = ev.error {
+            // One text per job: an error displaces a location of no known pattern.
+            text = TextChange::Set(error.into());
+            rec.flags = (rec.flags & !TEXT_IS_LOCATION) | TEXT_IS_ERROR;
+        }
+        changed = true;
+    }
+    Merged {
+        record: rec,
+        text,
+        changed,
+        became,
+        was_terminal,
+        created_before,
+    }
+}
+
 impl JobIndex {
     pub fn new() -> Self {
         JobIndex {
@@ -255,138 +389,87 @@ impl JobIndex {
             && self.inner.locations.all().is_empty()
     }
 
-    /// Applies one event. Returns whether it changed the index.
+    /// Applies one event: interns its owner and location, merges it into its record under
+    /// the shard's lock ([`merge`]), then, unlocked, moves the job in its tenant's order,
+    /// counts a finished job and wakes watchers. Returns whether it changed the index.
     pub fn apply(&self, ev: &StatusEvent) -> bool {
         let Some(status) = ev.known_status() else {
             return false;
         };
-        let at = ms_of(&ev.at);
-        let content_type = ev
-            .content_type
-            .as_deref()
-            .and_then(|c| CONTENT_TYPES.iter().position(|k| *k == c))
-            .map_or(0, |i| i as u8 + 1);
-        // Patterns and owners are looked up before the shard is locked: never nested.
+        // Patterns and owners are looked up before the shard is locked.
         let location = ev
             .payload_location
             .as_deref()
             .map(|l| self.inner.locations.store(ev.job_id, l));
-        let owner = self.inner.owners.store(ev.tenant_id, ev.client_id);
-        let mut created_now = false;
+        let incoming = Incoming {
+            status,
+            attempt: ev.attempt,
+            at: ms_of(&ev.at),
+            owner: self.inner.owners.store(ev.tenant_id, ev.client_id),
+            md5: ev.md5,
+            content_type: ev
+                .content_type
+                .as_deref()
+                .and_then(|c| CONTENT_TYPES.iter().position(|k| *k == c))
+                .map_or(0, |i| i as u8 + 1),
+            payload_size: ev.payload_size.and_then(|s| u32::try_from(s).ok()),
+            location: location.as_ref(),
+            error: ev.error.as_deref(),
+        };
         let mut guard = self
             .shard(ev.job_id)
             .write()
             .unwrap_or_else(|p| p.into_inner());
         let shard = &mut *guard;
-        let made = shard.records.get_or_insert_with(ev.job_id, || {
-            created_now = true;
-            let mut r = Record {
-                md5: [0; 16],
-                created_s: 0,
-                updated_delta_ms: 0,
-                payload_size: 0,
-                owner,
-                created_sub_ms: 0,
-                attempt: 0,
-                location: 0,
-                status,
-                content_type: 0,
-                flags: 0,
-            };
-            r.set_times(at, at);
-            r
-        });
-        let Some(rec) = made else {
-            return false;
-        };
-        if rec.owner != owner && self.inner.owners.tenant(rec.owner) != Some(ev.tenant_id) {
-            // A job never changes tenant; such an event is not about this job.
-            return false;
-        }
-        let mut changed = false;
-        // Facts about the image: fill in whatever is still unknown, from any event.
-        if rec.flags & HAS_MD5 == 0 {
-            if let Some(md5) = ev.md5 {
-                rec.md5 = md5.0;
-                rec.flags |= HAS_MD5;
-                changed = true;
+        let current = shard.records.get(&ev.job_id);
+        if let Some(rec) = current {
+            if rec.owner != incoming.owner
+                && self.inner.owners.tenant(rec.owner) != Some(ev.tenant_id)
+            {
+                // A job never changes tenant; such an event is not about this job.
+                return false;
             }
         }
-        if rec.content_type == 0 && content_type != 0 {
-            rec.content_type = content_type;
-            changed = true;
+        let merged = merge(current, &incoming);
+        let created_now = current.is_none();
+        if let Some(rec) = shard
+            .records
+            .get_or_insert_with(ev.job_id, || merged.record.clone())
+        {
+            *rec = merged.record.clone();
         }
-        if rec.payload_size == 0 {
-            if let Some(size) = ev.payload_size.and_then(|s| u32::try_from(s).ok()) {
-                rec.payload_size = size;
-                changed |= size != 0;
-            }
-        }
-        let updated = rec.updated_ms();
-        let was_created = rec.created_ms();
-        let created = was_created.min(at);
-        rec.set_times(created, updated);
-        let was_terminal = rec.status.is_terminal() && rec.attempt != 0;
-        let mut became = None;
-        if rec.attempt == 0 || supersedes(ev.attempt, status, u32::from(rec.attempt), rec.status) {
-            // A cancel may come with the attempt the ingress last saw: the count stays.
-            let attempt = match status {
-                Status::Cancelled => ev.attempt.max(u32::from(rec.attempt)),
-                _ => ev.attempt,
-            };
-            rec.attempt = u16::try_from(attempt.max(1)).unwrap_or(u16::MAX);
-            became = Some(status);
-            rec.status = status;
-            rec.set_times(created, updated.max(at));
-            // The error belongs to this status; a location stays until a new one comes.
-            if rec.flags & TEXT_IS_ERROR != 0 {
+        match merged.text {
+            TextChange::Keep => {}
+            TextChange::Remove => {
                 shard.texts.remove(&ev.job_id);
-                rec.flags &= !TEXT_IS_ERROR;
             }
-            match location {
-                Some(location::Stored::Pattern(n)) => {
-                    rec.location = n;
-                    if rec.flags & TEXT_IS_LOCATION != 0 {
-                        shard.texts.remove(&ev.job_id);
-                        rec.flags &= !TEXT_IS_LOCATION;
-                    }
-                }
-                Some(location::Stored::Text(t)) => {
-                    rec.location = 0;
-                    shard.texts.insert(ev.job_id, t);
-                    rec.flags = (rec.flags & !TEXT_IS_ERROR) | TEXT_IS_LOCATION;
-                }
-                None => {}
+            TextChange::Set(t) => {
+                shard.texts.insert(ev.job_id, t);
             }
-            if let Some(error) = ev.error.as_deref() {
-                // One text per job: an error displaces a location of no known pattern.
-                shard.texts.insert(ev.job_id, error.into());
-                rec.flags = (rec.flags & !TEXT_IS_LOCATION) | TEXT_IS_ERROR;
-            }
-            changed = true;
         }
         drop(guard);
         // The other structures, with the shard unlocked (a listing holds the order's lock
         // while it reads shards).
+        let created = merged.record.created_ms();
         let key = |ms: u64| (ms, ev.job_id);
         if created_now {
             self.inner.order.insert(ev.tenant_id, key(created));
-        } else if created != was_created {
+        } else if created != merged.created_before {
             self.inner
                 .order
-                .moved(ev.tenant_id, key(was_created), key(created));
+                .moved(ev.tenant_id, key(merged.created_before), key(created));
         }
-        if let Some(s @ (Status::Success | Status::Failed)) = became {
-            if !was_terminal {
+        if let Some(s @ (Status::Success | Status::Failed)) = merged.became {
+            if !merged.was_terminal {
                 let success = s == Status::Success;
                 let ended = &self.inner.throughput;
-                ended.ended(ev.tenant_id, at, success, now_ms());
+                ended.ended(ev.tenant_id, incoming.at, success, now_ms());
             }
         }
-        if changed {
+        if merged.changed {
             self.inner.watchers.notify(ev.tenant_id, ev.job_id);
         }
-        changed
+        merged.changed
     }
 
     /// One page of `tenant`'s jobs, newest first (by creation, ties by id), with `status`
@@ -760,5 +843,164 @@ mod tests {
         assert_eq!(idx.len(), 1);
         let record = JobIndex::RECORD_BYTES;
         assert!(record <= 60, "record is {record} bytes");
+    }
+}
+
+#[cfg(test)]
+mod merge_rules {
+    use super::*;
+
+    fn incoming(status: Status, attempt: u32, at: u64) -> Incoming<'static> {
+        Incoming {
+            status,
+            attempt,
+            at,
+            owner: 3,
+            md5: None,
+            content_type: 0,
+            payload_size: None,
+            location: None,
+            error: None,
+        }
+    }
+
+    /// Merges `events` in order into a new record; the last merge.
+    fn run(events: &[Incoming<'_>]) -> Merged {
+        let mut rec: Option<Record> = None;
+        let mut last = None;
+        for ev in events {
+            let m = merge(rec.as_ref(), ev);
+            rec = Some(m.record.clone());
+            last = Some(m);
+        }
+        last.expect("at least one event")
+    }
+
+    #[test]
+    fn a_new_job_takes_the_event() {
+        let m = merge(None, &incoming(Status::Running, 2, 1_000));
+        assert_eq!((m.record.status, m.record.attempt), (Status::Running, 2));
+        assert_eq!(
+            (m.record.created_ms(), m.record.updated_ms()),
+            (1_000, 1_000)
+        );
+        assert_eq!(
+            (m.became, m.changed, m.was_terminal),
+            (Some(Status::Running), true, false)
+        );
+        assert_eq!(m.text, TextChange::Keep);
+    }
+
+    #[test]
+    fn never_backwards_within_an_attempt_and_a_higher_attempt_wins() {
+        let late = run(&[
+            incoming(Status::Running, 1, 10),
+            incoming(Status::Queued, 1, 5),
+        ]);
+        assert_eq!(late.record.status, Status::Running);
+        assert_eq!(late.became, None, "a late QUEUED changes no status");
+        assert_eq!(
+            late.record.created_ms(),
+            5,
+            "but the creation time is the earliest"
+        );
+        assert_eq!(late.created_before, 10);
+        let retried = run(&[
+            incoming(Status::Failed, 1, 10),
+            incoming(Status::Running, 2, 20),
+        ]);
+        assert_eq!(
+            (retried.record.status, retried.record.attempt),
+            (Status::Running, 2)
+        );
+        assert!(retried.was_terminal);
+        let first_final = run(&[
+            incoming(Status::Success, 1, 10),
+            incoming(Status::Failed, 1, 20),
+        ]);
+        assert_eq!(first_final.record.status, Status::Success);
+        assert!(!first_final.changed);
+        assert_eq!(first_final.record.updated_ms(), 10);
+    }
+
+    #[test]
+    fn cancelled_replaces_what_is_not_final_and_is_never_replaced() {
+        let m = run(&[
+            incoming(Status::Retrying, 3, 10),
+            incoming(Status::Cancelled, 1, 20),
+        ]);
+        assert_eq!((m.record.status, m.record.attempt), (Status::Cancelled, 3));
+        let m = run(&[
+            incoming(Status::Cancelled, 1, 10),
+            incoming(Status::Running, 4, 20),
+        ]);
+        assert_eq!(m.record.status, Status::Cancelled);
+        assert_eq!(m.became, None);
+        let m = run(&[
+            incoming(Status::Success, 1, 10),
+            incoming(Status::Cancelled, 1, 20),
+        ]);
+        assert_eq!(
+            m.record.status,
+            Status::Success,
+            "the first final status stays"
+        );
+    }
+
+    #[test]
+    fn facts_fill_in_once_from_any_event() {
+        let mut first = incoming(Status::Running, 1, 10);
+        first.payload_size = Some(7);
+        let mut later = incoming(Status::Queued, 1, 5);
+        later.md5 = Some(Md5::of(b"x"));
+        later.content_type = 2;
+        later.payload_size = Some(9);
+        let m = run(&[first, later]);
+        assert_eq!(m.record.payload_size, 7, "known sizes stay");
+        assert_eq!(m.record.md5, Md5::of(b"x").0);
+        assert!(m.record.flags & HAS_MD5 != 0);
+        assert_eq!(m.record.content_type, 2);
+        assert!(m.changed, "facts changed though the status did not");
+    }
+
+    #[test]
+    fn one_text_an_error_or_an_odd_location() {
+        let mut failed = incoming(Status::Retrying, 1, 10);
+        failed.error = Some("blob: 503");
+        let m = run(&[incoming(Status::Queued, 1, 5), failed]);
+        assert_eq!(m.text, TextChange::Set("blob: 503".into()));
+        assert!(m.record.flags & TEXT_IS_ERROR != 0);
+
+        let odd = location::Stored::Text("s3://bucket/key".into());
+        let mut done = incoming(Status::Success, 2, 20);
+        done.location = Some(&odd);
+        let m = merge(Some(&m.record), &done);
+        assert_eq!(
+            m.text,
+            TextChange::Set("s3://bucket/key".into()),
+            "the error went with its status"
+        );
+        assert_eq!(
+            m.record.flags & (TEXT_IS_ERROR | TEXT_IS_LOCATION),
+            TEXT_IS_LOCATION
+        );
+
+        let pattern = location::Stored::Pattern(4);
+        let mut next = incoming(Status::Running, 3, 30);
+        next.location = Some(&pattern);
+        let m = merge(Some(&m.record), &next);
+        assert_eq!(m.text, TextChange::Remove);
+        assert_eq!(
+            (m.record.location, m.record.flags & TEXT_IS_LOCATION),
+            (4, 0)
+        );
+
+        let m = merge(Some(&m.record), &incoming(Status::Success, 3, 40));
+        assert_eq!(
+            m.text,
+            TextChange::Keep,
+            "a location stays until a new one comes"
+        );
+        assert_eq!(m.record.location, 4);
     }
 }
