@@ -49,6 +49,10 @@ struct Knobs {
     /// Jobs still to be hung (kept RUNNING for `hang_ms` instead of `running_ms`).
     hang_left: AtomicU64,
     hang_ms: AtomicU64,
+    /// `f64` bits of the share of blob PUTs answered 503 (the blob service only).
+    blob_error_rate: AtomicU64,
+    /// How long each blob PUT waits before it is handled (the blob service only).
+    blob_hang_ms: AtomicU64,
     seed: u64,
     /// Sequence number of API requests, the key of the 503 decision.
     request_seq: AtomicU64,
@@ -74,6 +78,8 @@ impl Faults {
                 forced_status: AtomicU16::new(0),
                 hang_left: AtomicU64::new(0),
                 hang_ms: AtomicU64::new(0),
+                blob_error_rate: AtomicU64::new(0f64.to_bits()),
+                blob_hang_ms: AtomicU64::new(0),
                 injected: Family::default(),
                 seed: config.seed.unwrap_or_else(rand::random),
                 request_seq: AtomicU64::new(0),
@@ -194,6 +200,40 @@ impl Faults {
     /// Decides whether the next API request is answered 503. Each call takes the next request
     /// sequence number, so a seeded run that sends requests in the same order gets the same
     /// answers.
+    /// Share of blob PUTs answered 503: a blob service that fails the claim check's store
+    /// (and the consumer's), while the worker goes on.
+    pub fn blob_error_rate(&self) -> f64 {
+        f64::from_bits(self.inner.blob_error_rate.load(Ordering::Relaxed))
+    }
+
+    /// Sets the share of blob PUTs answered 503; clamped to 0.0–1.0 (NaN means 0).
+    pub fn set_blob_error_rate(&self, rate: f64) {
+        self.inner
+            .blob_error_rate
+            .store(clamp_rate(rate).to_bits(), Ordering::Relaxed);
+    }
+
+    /// How long each blob PUT waits before it is handled (a slow blob service).
+    pub fn blob_hang(&self) -> Duration {
+        Duration::from_millis(self.inner.blob_hang_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets how long each blob PUT waits; zero ends the hang.
+    pub fn set_blob_hang(&self, hang: Duration) {
+        let ms = u64::try_from(hang.as_millis()).unwrap_or(u64::MAX);
+        self.inner.blob_hang_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn inject_blob_error(&self) -> bool {
+        let seq = self.inner.request_seq.fetch_add(1, Ordering::Relaxed);
+        let rate = self.blob_error_rate();
+        let inject = rate > 0.0 && dice(self.inner.seed, b"blob-error", &seq.to_le_bytes()) < rate;
+        if inject {
+            self.count("blob_error_503");
+        }
+        inject
+    }
+
     pub(crate) fn inject_error(&self) -> bool {
         let seq = self.inner.request_seq.fetch_add(1, Ordering::Relaxed);
         let rate = self.error_rate();
@@ -216,7 +256,7 @@ impl Faults {
     pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register(
             "imagejobs_stub_faults_injected",
-            "Faults the stubs injected, by kind (latency, error_503, job_fail, hang, forced_status)",
+            "Faults the stubs injected, by kind (latency, error_503, job_fail, hang, forced_status, blob_error_503, blob_hang)",
             self.inner.injected.clone(),
         );
     }
@@ -240,6 +280,23 @@ pub(crate) async fn inject(State(faults): State<Faults>, request: Request, next:
     if !latency.is_zero() {
         faults.count("latency");
         tokio::time::sleep(latency).await;
+    }
+    let blob_put = request.method() == axum::http::Method::PUT
+        && request.uri().path().starts_with("/api/v1/blob/");
+    if blob_put {
+        let hang = faults.blob_hang();
+        if !hang.is_zero() {
+            faults.count("blob_hang");
+            tokio::time::sleep(hang).await;
+        }
+        if faults.inject_blob_error() {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service unavailable",
+                "injected fault (blob_error_rate)",
+            )
+            .into_response();
+        }
     }
     if faults.inject_error() {
         return ApiError::new(

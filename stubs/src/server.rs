@@ -268,6 +268,10 @@ struct FaultsBody {
     /// Keep the next this many new jobs RUNNING for `hang_ms` (a hanging worker).
     hang_next: Option<u64>,
     hang_ms: Option<u64>,
+    /// Share of blob PUTs answered 503 (the blob service only).
+    blob_error_rate: Option<f64>,
+    /// How long each blob PUT waits before it is handled; 0 ends it.
+    blob_hang_ms: Option<u64>,
 }
 
 fn current_faults(f: &Faults) -> FaultsBody {
@@ -280,6 +284,8 @@ fn current_faults(f: &Faults) -> FaultsBody {
         force_job_status: Some(f.forced_status().unwrap_or(0)),
         hang_next: Some(f.hangs_left()),
         hang_ms: None,
+        blob_error_rate: Some(f.blob_error_rate()),
+        blob_hang_ms: Some(f.blob_hang().as_millis() as u64),
     }
 }
 
@@ -314,6 +320,12 @@ async fn set_faults(State(f): State<Faults>, body: Bytes) -> Result<Json<FaultsB
     }
     if let Some(v) = req.force_job_status {
         f.set_forced_status((v != 0).then_some(v));
+    }
+    if let Some(v) = req.blob_error_rate {
+        f.set_blob_error_rate(v);
+    }
+    if let Some(v) = req.blob_hang_ms {
+        f.set_blob_hang(std::time::Duration::from_millis(v));
     }
     if let Some(n) = req.hang_next {
         let ms = req.hang_ms.unwrap_or(60_000);

@@ -182,3 +182,53 @@ async fn in_flight_counts_concurrent_requests_including_latency() {
     t.put_blob("fast", vec![1], "x/y").await;
     assert!(started.elapsed() < Duration::from_millis(300));
 }
+
+/// The blob-only knobs fail or slow blob PUTs, and nothing else: GETs and the worker go on.
+#[tokio::test]
+async fn blob_faults_hit_blob_puts_only() {
+    let t = spawn(StubConfig::default()).await;
+    let put = |id: &str| {
+        t.http
+            .put(t.blob(&format!("/blob/{id}")))
+            .header("content-type", "image/png")
+            .body(png(4, 4))
+            .send()
+    };
+    assert!(put("before").await.expect("PUT").status().is_success());
+    t.stubs.faults().set_blob_error_rate(1.0);
+    let refused = put("refused").await.expect("PUT");
+    assert_eq!(refused.status(), 503);
+    assert_error_shape(&refused.json().await.expect("json"), 503);
+    let get = t
+        .http
+        .get(t.blob("/blob/before"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(get.status(), 200, "a GET is not a PUT");
+    let (code, _) = t.post_job("j", &t.blob("/blob/before")).await;
+    assert_eq!(code, 200, "the worker is not the blob service");
+
+    t.stubs.faults().set_blob_error_rate(0.0);
+    t.stubs.faults().set_blob_hang(Duration::from_millis(600));
+    let started = std::time::Instant::now();
+    assert!(put("slow").await.expect("PUT").status().is_success());
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    t.stubs.faults().set_blob_hang(Duration::ZERO);
+
+    // Both knobs through PUT /faults, as a demo or the chaos run sets them.
+    let knobs = t
+        .http
+        .put(format!("http://{}/faults", t.stubs.blob_addr))
+        .body(r#"{"blob_error_rate": 1, "blob_hang_ms": 0}"#)
+        .send()
+        .await
+        .expect("PUT /faults");
+    let knobs: serde_json::Value = knobs.json().await.expect("json");
+    assert_eq!(knobs["blob_error_rate"], 1.0);
+    assert_eq!(put("again").await.expect("PUT").status(), 503);
+}
