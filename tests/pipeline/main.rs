@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cancel;
+mod claim_check;
 mod cli;
 mod cluster;
 mod consumer;
