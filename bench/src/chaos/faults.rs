@@ -34,6 +34,9 @@ pub enum Fault {
     Services503,
     /// The worker keeps one job RUNNING past the consumers' JOB_TIMEOUT_SECS.
     ServiceHang,
+    /// The blob store fails the claim check's PUTs during submits: 503s, then PUTs that
+    /// hang past the ingress's `BLOB_PUT_TIMEOUT_MS`.
+    BlobStore,
 }
 
 impl Fault {
@@ -64,6 +67,7 @@ impl Fault {
             Fault::DiskAlarm => "disk alarm",
             Fault::Services503 => "services answer 503",
             Fault::ServiceHang => "a job hangs past JOB_TIMEOUT",
+            Fault::BlobStore => "blob store 503s, then hangs",
         }
     }
 
@@ -83,7 +87,12 @@ impl Fault {
         out.extend_from_slice(broker);
         out.push(Fault::MemoryAlarm);
         if !short {
-            out.extend([Fault::DiskAlarm, Fault::Services503, Fault::ServiceHang]);
+            out.extend([
+                Fault::DiskAlarm,
+                Fault::Services503,
+                Fault::ServiceHang,
+                Fault::BlobStore,
+            ]);
         }
         out
     }
@@ -111,6 +120,8 @@ pub struct Target<'a> {
     /// The share of requests the services fail outside of the 503 fault.
     pub base_error_rate: f64,
     pub job_timeout: Duration,
+    /// The ingresses' `BLOB_PUT_TIMEOUT_MS`.
+    pub blob_put_timeout: Duration,
     pub consumers: u32,
     /// The node stopped last, so that the next node stop picks another one.
     pub last_stopped: Option<usize>,
@@ -203,6 +214,22 @@ impl Target<'_> {
                 tokio::time::sleep(self.hold).await;
                 self.cluster.disk_alarm(node, false).await?;
                 Ok(format!("node {node}, {} s", self.hold.as_secs()))
+            }
+            Fault::BlobStore => {
+                let faults = self.stubs.faults();
+                faults.set_blob_error_rate(1.0);
+                tokio::time::sleep(self.hold).await;
+                faults.set_blob_error_rate(0.0);
+                let hang = self.blob_put_timeout * 2;
+                faults.set_blob_hang(hang);
+                tokio::time::sleep(self.hold).await;
+                faults.set_blob_hang(Duration::ZERO);
+                Ok(format!(
+                    "{} s of 503s, {} s of {} s hangs",
+                    self.hold.as_secs(),
+                    self.hold.as_secs(),
+                    hang.as_secs()
+                ))
             }
             Fault::Services503 => {
                 self.stubs.faults().set_error_rate(1.0);

@@ -80,6 +80,7 @@ pub async fn run(
         Duration::from_secs(6)
     };
     let job_timeout = Duration::from_secs(3);
+    let blob_put_timeout = Duration::from_secs(2);
     let base_error_rate = 0.02;
 
     let deployment = Deployment::on(urls.clone(), "chaos", &[1, 2]);
@@ -111,6 +112,11 @@ pub async fn run(
         host: [127, 0, 0, 1].into(),
         jwt_secret: Some(Secret::new(SECRET)),
         publish_timeout: Duration::from_secs(2),
+        // Every HTTP submit travels by reference (direct publishes carry their bytes), so
+        // the blob store's faults meet the claim check.
+        claim_check_min_bytes: imagejobs_core::config::ByteSize(0),
+        blob_put_timeout,
+        blob_service_url: stubs.blob_url.parse()?,
         ..IngressConfig::default()
     };
     let consumer_config = ConsumerConfig {
@@ -175,6 +181,7 @@ pub async fn run(
             hold,
             base_error_rate,
             job_timeout,
+            blob_put_timeout,
             consumers: 2,
             last_stopped: None,
         };

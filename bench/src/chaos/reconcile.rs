@@ -263,6 +263,30 @@ pub async fn run(i: Inputs<'_>) -> anyhow::Result<Outcome> {
         failures.push(format!("unexpected answer: {u}"));
     }
 
+    // The claim check: every 202 of an HTTP submit (all by reference) has its image in the
+    // blob store, and the store evicted nothing (an evicted input would be a false FAILED).
+    let no_blob: HashSet<JobId> = i
+        .ledger
+        .accepted
+        .iter()
+        .filter(|a| matches!(a.via, Via::Http))
+        .map(|a| a.id)
+        .filter(|id| i.stubs.blob(&id.to_string()).is_none())
+        .collect();
+    if !no_blob.is_empty() {
+        failures.push(format!(
+            "{} accepted jobs by reference have no blob: {}",
+            no_blob.len(),
+            sample(&no_blob)
+        ));
+    }
+    let evicted = i.stubs.stats().blobs_evicted;
+    if evicted > 0 {
+        failures.push(format!(
+            "the blob store evicted {evicted} blobs during the run"
+        ));
+    }
+
     // The table, one row per fault.
     let success_at = i.reader.success_by_job();
     let load_end = i
