@@ -40,7 +40,8 @@ pub struct BenchConfig {
     #[arg(long)]
     pub write: Option<PathBuf>,
 
-    /// Only these scenarios (comma-separated: ceiling, ingress, consumers, e2e, memory).
+    /// Only these scenarios (comma-separated: ceiling, ingress, consumers, e2e, memory,
+    /// claim-check, index-scale; index-scale runs only when named).
     /// Ratios need the ceiling; without it they are left empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Scenario>,
@@ -102,6 +103,11 @@ pub enum Scenario {
     Consumers,
     E2e,
     Memory,
+    /// Issue 17: large images by reference against in the body.
+    ClaimCheck,
+    /// Issue 18: the job index at the seed's scale (not in a run without `--only`: it
+    /// feeds tens of millions of events).
+    IndexScale,
 }
 
 impl BenchConfig {
@@ -113,6 +119,9 @@ impl BenchConfig {
     }
 
     pub fn runs(&self, scenario: Scenario) -> bool {
+        if scenario == Scenario::IndexScale && !self.smoke {
+            return self.only.contains(&scenario);
+        }
         self.only.is_empty() || self.only.contains(&scenario)
     }
 }

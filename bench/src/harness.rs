@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use imagejobs::ingress::IngressConfig;
 use imagejobs_consumer::ConsumerConfig;
+use imagejobs_core::config::ByteSize;
 use imagejobs_stubs::{StubConfig, Stubs};
 use imagejobs_testkit::deployment::{connect, wait_consumers};
 use imagejobs_testkit::process::{free_port, Service};
@@ -23,7 +24,7 @@ use crate::cpu::CpuMeter;
 use crate::plan::Plan;
 
 /// The JWT secret of every ingress the bench starts.
-const SECRET: &str = "imagejobs-bench-secret";
+pub(crate) const SECRET: &str = "imagejobs-bench-secret";
 
 pub struct Harness {
     pub config: BenchConfig,
@@ -140,13 +141,30 @@ impl Harness {
         name: &str,
         ready_within: Duration,
     ) -> anyhow::Result<IngressProcess> {
+        // Every image in the job message, as the figures of the earlier issues measured;
+        // the claim check's benchmark (`claimcheck`) starts its ingresses itself.
+        self.start_ingress_with(deployment, name, ready_within, |c| {
+            c.claim_check_min_bytes = ByteSize(u64::MAX)
+        })
+        .await
+    }
+
+    /// [`Harness::start_ingress`] with settings changed by `tweak`.
+    pub async fn start_ingress_with(
+        &self,
+        deployment: &Deployment,
+        name: &str,
+        ready_within: Duration,
+        tweak: impl FnOnce(&mut IngressConfig),
+    ) -> anyhow::Result<IngressProcess> {
         let port = free_port()?;
-        let config = IngressConfig {
+        let mut config = IngressConfig {
             broker: deployment.broker_args(),
             host: [127, 0, 0, 1].into(),
             port,
             ..IngressConfig::default()
         };
+        tweak(&mut config);
         let args = config.to_args();
         let program = self.config.bin_dir().join("imagejobs-ingress");
         let mut env = config.broker.to_env();

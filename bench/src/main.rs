@@ -17,12 +17,14 @@
 mod broker;
 mod ceiling;
 mod chaos;
+mod claimcheck;
 mod config;
 mod consumers;
 mod cpu;
 mod endtoend;
 mod harness;
 mod image;
+mod index_scale;
 mod latency;
 mod machine;
 mod memory;
@@ -180,6 +182,16 @@ async fn scenarios(h: &Harness, config: &BenchConfig) -> anyhow::Result<bool> {
     if config.runs(Scenario::Memory) {
         if let Err(e) = memory::run(h, &mut report).await {
             report.fail("memory", &e);
+        }
+    }
+    if config.runs(Scenario::ClaimCheck) {
+        if let Err(e) = claimcheck::run(h, &mut report).await {
+            report.fail("claim check", &e);
+        }
+    }
+    if config.runs(Scenario::IndexScale) {
+        if let Err(e) = index_scale::run(h, &mut report).await {
+            report.fail("index at scale", &e);
         }
     }
     let took = h.elapsed();

@@ -55,6 +55,10 @@ pub struct Plan {
     /// Image and prefetch values of the consumer memory scenario.
     pub memory_image: Size,
     pub memory_prefetch: Vec<u16>,
+    /// Sizes of the claim check's part (issue 17).
+    pub claim_sizes: Vec<Size>,
+    /// Jobs and their times for the index at scale (issue 18).
+    pub index_scale: Vec<(usize, crate::index_scale::Times)>,
 }
 
 /// The consumer curve of issue 10: processes by prefetch, at the reference size.
@@ -122,6 +126,11 @@ impl Plan {
             index_jobs: vec![100_000, 1_000_000, 5_000_000],
             memory_image: large,
             memory_prefetch: vec![8, 32],
+            claim_sizes: vec![reference, large],
+            index_scale: vec![
+                (10_000_000, crate::index_scale::Times::Spread),
+                (1_000_000, crate::index_scale::Times::Bursts),
+            ],
         }
     }
 
@@ -156,6 +165,8 @@ impl Plan {
             index_jobs: vec![1_000, 2_000],
             memory_image: sizes[2],
             memory_prefetch: vec![4],
+            claim_sizes: vec![Size::new("70 KiB", 70 * 1024)],
+            index_scale: vec![(3_000, crate::index_scale::Times::Bursts)],
         }
     }
 
