@@ -182,6 +182,7 @@ async fn ingress(
     name: &str,
     dir: Option<&Path>,
     shared: Option<&str>,
+    interval: Duration,
 ) -> anyhow::Result<(Service, String, f64)> {
     let port = free_port()?;
     let config = IngressConfig {
@@ -189,7 +190,7 @@ async fn ingress(
         host: [127, 0, 0, 1].into(),
         port,
         index_snapshot_dir: dir.map(Path::to_owned),
-        index_snapshot_interval: Duration::from_secs(20),
+        index_snapshot_interval: interval,
         index_snapshot_url: shared.map(reqwest::Url::parse).transpose()?,
         // Every job counts, however old its made-up times.
         index_retention: Duration::from_secs(10 * 365 * 86_400),
@@ -304,7 +305,11 @@ pub async fn run(h: &Harness, report: &mut Report) -> anyhow::Result<()> {
 }
 
 async fn one(h: &Harness, jobs: usize, times: Times, report: &mut Report) -> anyhow::Result<()> {
+    // A stream that keeps every event fed (its default 5 GB would drop the oldest).
     let d = h.deployment("index-scale");
+    let mut args = d.topology_args.clone();
+    args.events_max_bytes = imagejobs_core::config::ByteSize(200_000_000_000);
+    let d = Deployment::with_args(d.urls.clone(), args);
     d.declare(&h.conn).await?;
     // The shared store: the stub blob service, with room for a snapshot of every job.
     let stop = CancellationToken::new();
@@ -345,8 +350,15 @@ async fn measure(
         "index at scale: fed at {} events/s; replica A replays it all",
         thousands(jobs as f64 * 3.0 / fed.as_secs_f64())
     ));
+    // A snapshot every `interval`: GETs are timed across at least one write.
+    let interval = if h.config.smoke {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(20)
+    };
+    let window = interval + interval / 10;
     let own = scratch(h, "own")?;
-    let (a, a_url, full) = ingress(h, d, "index-a", Some(&own), Some(shared)).await?;
+    let (a, a_url, full) = ingress(h, d, "index-a", Some(&own), Some(shared), interval).await?;
     let rss = a.memory()?.rss;
     // A's first snapshot, written a snapshot interval after it was ready.
     try_eventually(
@@ -356,6 +368,19 @@ async fn measure(
             Ok(metric(h, &a_url, "imagejobs_index_snapshot_offset")
                 .await
                 .filter(|o| *o > 0.0))
+        },
+    )
+    .await?;
+    // And shared: its manifest is written after its pieces.
+    let manifest = format!("{shared}/{}.latest", d.prefix);
+    try_eventually(
+        Duration::from_secs(600),
+        "replica A's shared snapshot",
+        || async {
+            Ok(match h.http.get(&manifest).send().await {
+                Ok(r) if r.status().is_success() => Some(()),
+                _ => None,
+            })
         },
     )
     .await?;
@@ -370,12 +395,13 @@ async fn measure(
         .await
         .unwrap_or(f64::NAN);
     // GETs on A across its next snapshot write.
-    let during = get_latencies(h, &a_url, Duration::from_secs(22)).await?;
+    let during = get_latencies(h, &a_url, window).await?;
     h.progress("index at scale: a tail of 1 % more jobs, then replicas B and C");
     feed(h, d, jobs, jobs + tail, times, base).await?;
-    let (b, b_url, from_own) = ingress(h, d, "index-b", Some(&own), None).await?;
+    let (b, b_url, from_own) = ingress(h, d, "index-b", Some(&own), None, interval).await?;
     let empty = scratch(h, "empty")?;
-    let (c, c_url, from_shared) = ingress(h, d, "index-c", Some(&empty), Some(shared)).await?;
+    let (c, c_url, from_shared) =
+        ingress(h, d, "index-c", Some(&empty), Some(shared), interval).await?;
     let all = jobs + tail;
     let (sa, sb, sc) = (
         sample(h, &a_url, all).await?,
@@ -413,7 +439,12 @@ async fn measure(
     );
     report.row(
         Row::new("6 index", format!("GET during snapshot writes, {label}"))
-            .setting(format!("{} GETs over 22 s", during.len()))
+            .setting(format!(
+                "{} GETs over {:.0} s, a write every {} s",
+                during.len(),
+                window.as_secs_f64(),
+                interval.as_secs()
+            ))
             .result(format!(
                 "p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
                 pct(&during, 0.5),

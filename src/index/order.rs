@@ -44,16 +44,30 @@ impl Order {
             .clear();
     }
 
-    /// Replaces every list with `jobs` (tenant, created ms, id), in any order: one sort
-    /// instead of a sorted insert each, for an index loaded from a snapshot.
-    pub fn rebuild(&self, mut jobs: Vec<(TenantId, u64, JobId)>) {
-        jobs.sort_unstable();
+    /// Replaces every list with `lists` of (tenant, created ms, id), each already sorted
+    /// (a snapshot's loaders sort their share): merged as they are, for an index loaded
+    /// from a snapshot, instead of a sorted insert each.
+    pub fn rebuild_sorted(&self, lists: Vec<Vec<(TenantId, u64, JobId)>>) {
         let mut map: HashMap<TenantId, Vec<Key>> = HashMap::new();
-        for (tenant, ms, id) in jobs {
-            map.entry(tenant).or_default().push((ms, id));
+        let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<(TenantId, u64, JobId)>>> = lists
+            .into_iter()
+            .map(|l| l.into_iter().peekable())
+            .collect();
+        loop {
+            let next = heads
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, h)| h.peek().map(|k| (*k, i)))
+                .min();
+            let Some((_, i)) = next else { break };
+            if let Some((tenant, ms, id)) = heads[i].next() {
+                let list = map.entry(tenant).or_default();
+                if list.last() != Some(&(ms, id)) {
+                    list.push((ms, id));
+                }
+            }
         }
         for list in map.values_mut() {
-            list.dedup();
             list.shrink_to_fit();
         }
         *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = map;

@@ -117,6 +117,20 @@ impl<R> Table<R> {
         self.len
     }
 
+    /// Room for `more` records without growing the hash table on the way.
+    pub fn reserve(&mut self, more: usize) {
+        let Table {
+            slots,
+            chunks,
+            hasher,
+            ..
+        } = self;
+        slots.reserve(more, |&n| {
+            let n = n as usize;
+            hasher.hash_one(chunks[n / CHUNK][n % CHUNK].0)
+        });
+    }
+
     /// Every record with its key, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (&JobId, &R)> {
         self.chunks
