@@ -49,26 +49,41 @@ impl Order {
     /// from a snapshot, instead of a sorted insert each.
     pub fn rebuild_sorted(&self, lists: Vec<Vec<(TenantId, u64, JobId)>>) {
         let mut map: HashMap<TenantId, Vec<Key>> = HashMap::new();
-        let mut heads: Vec<std::iter::Peekable<std::vec::IntoIter<(TenantId, u64, JobId)>>> = lists
-            .into_iter()
-            .map(|l| l.into_iter().peekable())
-            .collect();
+        // Each list is sorted by tenant first: a tenant's entries are one run in each.
+        let mut at = vec![0usize; lists.len()];
         loop {
-            let next = heads
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(i, h)| h.peek().map(|k| (*k, i)))
+            let tenant = lists
+                .iter()
+                .zip(&at)
+                .filter_map(|(l, &i)| l.get(i).map(|k| k.0))
                 .min();
-            let Some((_, i)) = next else { break };
-            if let Some((tenant, ms, id)) = heads[i].next() {
-                let list = map.entry(tenant).or_default();
-                if list.last() != Some(&(ms, id)) {
-                    list.push((ms, id));
+            let Some(tenant) = tenant else { break };
+            let runs: Vec<&[(TenantId, u64, JobId)]> = lists
+                .iter()
+                .zip(at.iter_mut())
+                .map(|(l, i)| {
+                    let end = *i + l[*i..].partition_point(|k| k.0 == tenant);
+                    let run = &l[*i..end];
+                    *i = end;
+                    run
+                })
+                .collect();
+            let mut merged: Vec<Key> = Vec::with_capacity(runs.iter().map(|r| r.len()).sum());
+            let mut heads = vec![0usize; runs.len()];
+            loop {
+                let next = runs
+                    .iter()
+                    .zip(&heads)
+                    .enumerate()
+                    .filter_map(|(r, (run, &h))| run.get(h).map(|k| ((k.1, k.2), r)))
+                    .min();
+                let Some((key, r)) = next else { break };
+                heads[r] += 1;
+                if merged.last() != Some(&key) {
+                    merged.push(key);
                 }
             }
-        }
-        for list in map.values_mut() {
-            list.shrink_to_fit();
+            map.insert(tenant, merged);
         }
         *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = map;
     }

@@ -131,6 +131,31 @@ impl<R> Table<R> {
         });
     }
 
+    /// Adds a record whose key the table does not hold (a snapshot's, written from a table
+    /// where each key has one slot): no search for it first.
+    pub fn insert_new(&mut self, id: JobId, record: R) {
+        let Table {
+            slots,
+            chunks,
+            hasher,
+            len,
+            ..
+        } = self;
+        if chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            chunks.push(Vec::with_capacity(CHUNK));
+        }
+        let last = chunks.len() - 1;
+        let chunk = &mut chunks[last];
+        chunk.push((id, Some(record)));
+        let n = u32::try_from(last * CHUNK + chunk.len() - 1).unwrap_or(u32::MAX);
+        let hash = hasher.hash_one(id);
+        slots.insert_unique(hash, n, |&n| {
+            let n = n as usize;
+            hasher.hash_one(chunks[n / CHUNK][n % CHUNK].0)
+        });
+        *len += 1;
+    }
+
     /// Every record with its key, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (&JobId, &R)> {
         self.chunks
