@@ -5,14 +5,18 @@
 #
 #   ./scripts/bench.sh           full run; the table goes to stdout and to BENCHMARKS.md
 #   ./scripts/bench.sh --smoke   a tiny run of every scenario, to check that the tool works
+#   ./scripts/bench.sh --only X  scenario X only (e.g. claim-check); the table goes to stdout
+#                                only, since BENCHMARKS.md's results section is a full run's
 #
 # Further arguments go to imagejobs-bench (see `target/release/imagejobs-bench --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 smoke=0
+only=0
 for arg in "$@"; do
   [ "$arg" = --smoke ] && smoke=1
+  case "$arg" in --only | --only=*) only=1 ;; esac
 done
 
 # The smoke run uses the development build that `make test` made anyway (it checks that
@@ -35,6 +39,9 @@ BENCH_RUSTC_VERSION=$(rustc --version 2>/dev/null || true)
 BENCH_BROKER_PID=$(cat rabbitmq/.node/rabbitmq.pid 2>/dev/null || true)
 if [ "$smoke" = 1 ]; then
   BENCH_COMMAND="make bench-smoke (scripts/bench.sh $*)"
+  write=()
+elif [ "$only" = 1 ]; then
+  BENCH_COMMAND="scripts/bench.sh $*"
   write=()
 else
   BENCH_COMMAND="make bench (scripts/bench.sh${*:+ $*})"

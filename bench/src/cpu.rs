@@ -16,6 +16,21 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SEC)
 }
 
+/// CPU seconds the whole machine spent busy (every core, every process) since boot, from
+/// the first line of `/proc/stat`: all but idle and iowait; `None` when it cannot be read.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal
+    let busy = ticks.iter().sum::<f64>() - ticks.get(3)? - ticks.get(4)?;
+    Some(busy / TICKS_PER_SEC)
+}
+
 /// CPU seconds of a set of processes since `start`.
 pub struct CpuMeter {
     procs: Vec<(&'static str, Vec<u32>, f64)>,
@@ -69,6 +84,11 @@ impl CpuSpent {
         }
     }
 
+    /// CPU seconds of every group together.
+    pub fn total_seconds(&self) -> f64 {
+        self.0.iter().map(|(_, secs)| secs).sum()
+    }
+
     /// CPU µs per job of the group `label`, when it was measured.
     pub fn micros_of(&self, label: &str, jobs: usize) -> Option<f64> {
         let (_, secs) = self.0.iter().find(|(l, _)| *l == label)?;
@@ -97,5 +117,6 @@ mod tests {
         }
         assert!(x != 1);
         assert!(cpu_seconds(std::process::id()).is_some());
+        assert!(machine_busy_seconds().is_some());
     }
 }
