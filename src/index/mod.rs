@@ -626,7 +626,9 @@ impl JobIndex {
         self.inner.caught_up.load(Ordering::Acquire)
     }
 
+    /// Marks the index caught up, and gives back what the replay's growth left spare.
     pub(crate) fn set_caught_up(&self) {
+        self.inner.order.shrink_to_fit();
         self.inner.caught_up.store(true, Ordering::Release);
     }
 

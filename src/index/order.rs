@@ -36,6 +36,15 @@ impl Order {
     }
 
     /// Drops evicted jobs.
+    /// Gives back each list's spare capacity (a replay grows them by doubling: up to half
+    /// of a list can be slack, 12 B a job on average).
+    pub fn shrink_to_fit(&self) {
+        let mut map = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        for list in map.values_mut() {
+            list.shrink_to_fit();
+        }
+    }
+
     /// Forgets every tenant's list.
     pub fn clear(&self) {
         self.tenants
