@@ -203,6 +203,16 @@ impl JobIndex {
         Ok(info)
     }
 
+    /// A new index read from a snapshot of `prefix` (as [`JobIndex::load_snapshot`]).
+    pub fn read_snapshot<R: Read>(
+        r: R,
+        prefix: &str,
+    ) -> Result<(JobIndex, SnapshotInfo), SnapshotError> {
+        let index = JobIndex::new();
+        let info = index.load_snapshot(r, prefix)?;
+        Ok((index, info))
+    }
+
     /// Empties the index (a snapshot found stale after loading: a full replay follows).
     pub fn clear(&self) {
         for shard in &self.inner.shards {
@@ -541,6 +551,19 @@ mod tests {
                 _ => {}
             }
             idx.apply(&end);
+            if i % 12 == 2 {
+                // Retried: a second attempt succeeds.
+                let mut again = meta.clone();
+                again.attempt = 2;
+                let mut done = StatusEvent::at(&again, Status::Success, at(20));
+                done.payload_location = Some(format!("http://blob/api/v1/blob/{id}.thumb"));
+                idx.apply(&done);
+            }
+            if i % 10 == 7 {
+                // A QUEUED that came late, earlier than the job's first event.
+                let early = at(0) - std::time::Duration::from_millis(3);
+                idx.apply(&StatusEvent::at(&meta, Status::Queued, early));
+            }
             ids.push((id, tenant));
         }
         (idx, ids)
@@ -571,9 +594,19 @@ mod tests {
     fn round_trip_answers_as_the_original() {
         let (idx, ids) = sample();
         let buf = bytes_of(&idx, "p");
-        let back = JobIndex::new();
-        let info = back.load_snapshot(&buf[..], "p").unwrap();
+        let (back, info) = JobIndex::read_snapshot(&buf[..], "p").unwrap();
         assert_eq!(info.offset, 41);
+        assert_eq!(info.jobs, ids.len() as u64);
+        let views: Vec<_> = ids.iter().filter_map(|(id, _)| idx.get(*id)).collect();
+        assert!(views
+            .iter()
+            .any(|v| v.attempts == 2 && v.status == Status::Success));
+        assert!(views.iter().any(|v| v.status == Status::Cancelled));
+        assert!(views.iter().any(|v| v.error.is_some()));
+        assert!(views.iter().any(|v| v
+            .payload_location
+            .as_deref()
+            .is_some_and(|l| l.starts_with("s3:"))));
         assert_eq!(back.len(), idx.len());
         same(&idx, &back, &ids);
         // And it goes on from there: a later event applies as it would have.
@@ -623,11 +656,23 @@ mod tests {
         let (idx, _) = sample();
         let buf = bytes_of(&idx, "p");
         let step = (buf.len() / 1500).max(1);
-        for at in (0..buf.len()).step_by(step) {
+        let ends = (0..16).chain(buf.len() - 12..buf.len());
+        for at in (0..buf.len()).step_by(step).chain(ends) {
             let mut bad = buf.clone();
             bad[at] ^= 1 << (at % 8);
             let back = JobIndex::new();
-            assert!(back.load_snapshot(&bad[..], "p").is_err(), "byte {at}");
+            let e = back.load_snapshot(&bad[..], "p").unwrap_err();
+            let trailer_len = buf.len() - 8;
+            let right = match at {
+                0..8 => matches!(e, SnapshotError::NotASnapshot),
+                8..12 => matches!(e, SnapshotError::Version { .. }),
+                // The recorded length: a longer one reads as a cut file.
+                _ if at >= trailer_len => {
+                    matches!(e, SnapshotError::Truncated(_) | SnapshotError::Corrupt(_))
+                }
+                _ => matches!(e, SnapshotError::Corrupt(_)),
+            };
+            assert!(right, "byte {at}: {e}");
             assert!(back.is_empty());
         }
     }
