@@ -4,7 +4,8 @@
 //!   same id with the same content is a harmless repeat, which is what makes the consumer's
 //!   upload idempotent);
 //! - `POST /api/v1/blob` stores the body under a new UUID;
-//! - `GET /api/v1/blob/{id}` returns the bytes with the Content-Type they were stored with.
+//! - `GET /api/v1/blob/{id}` returns the bytes with the Content-Type they were stored with,
+//!   and `Access-Control-Allow-Origin: *` (a browser may follow a result's 307 here).
 //!
 //! Both writes answer `{"id", "payload_location": "<base>/blob/{id}"}`.
 //!
@@ -193,8 +194,27 @@ async fn post_blob(
     store(&service, id, &headers, body?)
 }
 
+/// `GET /api/v1/blob/{id}`, readable from any origin: with `RESULT_REDIRECT=true` the
+/// ingress answers a result with a 307 to this URL, and a browser (the dashboard) follows it
+/// from the ingress's origin. A real object store or CDN in front answers the same header.
+/// The 404 carries it too, so that a page sees "not found" rather than a CORS error.
 async fn get_blob(
     State(service): State<BlobService>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let mut response = match read_blob(&service, id) {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
+}
+
+fn read_blob(
+    service: &BlobService,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id?;

@@ -13,8 +13,16 @@ use reqwest::Url;
 /// Default number of blobs kept in memory before the oldest are evicted.
 pub const DEFAULT_BLOB_CAPACITY: usize = 100_000;
 
-/// Default number of bytes of blob content kept in memory before the oldest are evicted.
-pub const DEFAULT_BLOB_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// Default number of bytes of blob content kept in memory before the oldest are evicted:
+/// 4 GiB.
+///
+/// With the claim check (DESIGN §10.1) the ingress stores an image at submit time, so the
+/// store must hold every input still queued: an input evicted before its worker ran is a
+/// false FAILED. 4 GiB holds a backlog of about 1,360 images of 3 MiB (1 GiB held only 340,
+/// a few seconds of submits by reference under `make run`) or 28,000 of 145 KiB, with room
+/// for the thumbnails; `make chaos` stays below 300 MiB. A real object store expires inputs
+/// with a lifecycle rule instead.
+pub const DEFAULT_BLOB_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// Default largest image decoded: 40 megapixels (160 MB as RGBA8).
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
@@ -85,6 +93,17 @@ pub struct StubConfig {
     #[arg(long, env = "STUB_ERROR_RATE", default_value_t = 0.0, value_parser = parse_rate)]
     pub error_rate: f64,
 
+    /// Share (0.0–1.0) of blob PUTs answered 503, on top of STUB_ERROR_RATE: a failing blob
+    /// store under the ingress's claim check and the consumers' uploads, while the worker and
+    /// blob GETs go on. The worker's own calls are never hit.
+    #[arg(long, env = "STUB_BLOB_ERROR_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub blob_error_rate: f64,
+
+    /// Milliseconds each blob PUT waits before it is handled (a slow blob store, to push the
+    /// ingress past its BLOB_PUT_TIMEOUT_MS). The worker's own calls are never hit.
+    #[arg(long, env = "STUB_BLOB_HANG_MS", default_value_t = 0)]
+    pub blob_hang_ms: u64,
+
     /// Share (0.0–1.0) of worker jobs that end FAILED.
     #[arg(long, env = "STUB_JOB_FAIL_RATE", default_value_t = 0.0, value_parser = parse_rate)]
     pub job_fail_rate: f64,
@@ -154,6 +173,8 @@ impl Default for StubConfig {
             job_capacity: DEFAULT_JOB_CAPACITY,
             latency_ms: 0,
             error_rate: 0.0,
+            blob_error_rate: 0.0,
+            blob_hang_ms: 0,
             job_fail_rate: 0.0,
             running_ms: 0,
             skip_image_work: false,
@@ -172,6 +193,11 @@ impl StubConfig {
     /// Latency added to every API request.
     pub fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms)
+    }
+
+    /// How long each blob PUT waits before it is handled.
+    pub fn blob_hang(&self) -> Duration {
+        Duration::from_millis(self.blob_hang_ms)
     }
 
     /// How long a worker job stays RUNNING.
@@ -218,12 +244,56 @@ mod tests {
         assert_eq!(config.force_job_status, None);
     }
 
+    /// `Default` (for code) and the command line without flags agree on everything but the
+    /// ports, so a knob added to one and forgotten in the other shows here.
+    #[test]
+    fn default_matches_the_command_line_but_for_the_ports() {
+        let parsed = StubConfig::try_parse_from(["imagejobs-stubs"]).expect("defaults parse");
+        let default = StubConfig {
+            worker_port: parsed.worker_port,
+            blob_port: parsed.blob_port,
+            ..StubConfig::default()
+        };
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+        assert_eq!(default.blob_error_rate, 0.0);
+        assert_eq!(default.blob_hang(), Duration::ZERO);
+    }
+
+    #[test]
+    fn blob_knobs_come_from_the_environment_names() {
+        let config = StubConfig::try_parse_from([
+            "imagejobs-stubs",
+            "--blob-error-rate",
+            "1",
+            "--blob-hang-ms",
+            "250",
+        ])
+        .expect("flags parse");
+        assert_eq!(config.blob_error_rate, 1.0);
+        assert_eq!(config.blob_hang_ms, 250);
+        assert!(
+            StubConfig::try_parse_from(["imagejobs-stubs", "--blob-error-rate=2"]).is_err(),
+            "a share above 1 is refused at the edge"
+        );
+        let command = <StubConfig as clap::CommandFactory>::command();
+        let envs: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        for name in ["STUB_BLOB_ERROR_RATE", "STUB_BLOB_HANG_MS"] {
+            assert!(envs.iter().any(|e| e == name), "{name} in {envs:?}");
+        }
+    }
+
     #[test]
     fn flags_parse_into_typed_values() {
         let config = StubConfig::try_parse_from([
             "imagejobs-stubs",
             "--worker-port=0",
             "--error-rate=0.5",
+            "--blob-error-rate=0.25",
+            "--blob-hang-ms=4000",
             "--skip-image-work",
             "--force-job-status=422",
             "--seed=7",
@@ -232,6 +302,8 @@ mod tests {
         .expect("flags parse");
         assert_eq!(config.worker_port, 0);
         assert_eq!(config.error_rate, 0.5);
+        assert_eq!(config.blob_error_rate, 0.25);
+        assert_eq!(config.blob_hang(), Duration::from_secs(4));
         assert!(config.skip_image_work);
         assert_eq!(config.force_job_status, Some(422));
         assert_eq!(config.seed, Some(7));

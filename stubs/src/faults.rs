@@ -1,4 +1,5 @@
-//! Fault injection: latency, injected 503s, failed jobs, how long jobs run, forced statuses.
+//! Fault injection: latency, injected 503s, failed jobs, how long jobs run, forced statuses,
+//! and a failing or slow blob store (503s or hangs of blob PUTs only).
 //!
 //! The knobs start from [`StubConfig`] and can be changed while the stubs
 //! serve, through a [`Faults`] handle: tests turn a fault on, watch the caller cope, and turn
@@ -56,6 +57,8 @@ struct Knobs {
     seed: u64,
     /// Sequence number of API requests, the key of the 503 decision.
     request_seq: AtomicU64,
+    /// Sequence number of external blob PUTs, the key of the blob 503 decision.
+    blob_seq: AtomicU64,
     /// Faults injected, by kind (`imagejobs_stub_faults_injected_total`).
     injected: Family<KindLabels, Counter>,
 }
@@ -78,11 +81,12 @@ impl Faults {
                 forced_status: AtomicU16::new(0),
                 hang_left: AtomicU64::new(0),
                 hang_ms: AtomicU64::new(0),
-                blob_error_rate: AtomicU64::new(0f64.to_bits()),
-                blob_hang_ms: AtomicU64::new(0),
+                blob_error_rate: AtomicU64::new(clamp_rate(config.blob_error_rate).to_bits()),
+                blob_hang_ms: AtomicU64::new(config.blob_hang_ms),
                 injected: Family::default(),
                 seed: config.seed.unwrap_or_else(rand::random),
                 request_seq: AtomicU64::new(0),
+                blob_seq: AtomicU64::new(0),
             }),
         };
         faults.set_forced_status(config.force_job_status);
@@ -197,9 +201,6 @@ impl Faults {
         }
     }
 
-    /// Decides whether the next API request is answered 503. Each call takes the next request
-    /// sequence number, so a seeded run that sends requests in the same order gets the same
-    /// answers.
     /// Share of blob PUTs answered 503: a blob service that fails the claim check's store
     /// (and the consumer's), while the worker goes on.
     pub fn blob_error_rate(&self) -> f64 {
@@ -224,8 +225,10 @@ impl Faults {
         self.inner.blob_hang_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn inject_blob_error(&self) -> bool {
-        let seq = self.inner.request_seq.fetch_add(1, Ordering::Relaxed);
+    /// Decides whether the next external blob PUT is answered 503. Blob PUTs have their own
+    /// sequence, so turning this knob does not shift the decisions of `error_rate`.
+    pub(crate) fn inject_blob_error(&self) -> bool {
+        let seq = self.inner.blob_seq.fetch_add(1, Ordering::Relaxed);
         let rate = self.blob_error_rate();
         let inject = rate > 0.0 && dice(self.inner.seed, b"blob-error", &seq.to_le_bytes()) < rate;
         if inject {
@@ -234,6 +237,9 @@ impl Faults {
         inject
     }
 
+    /// Decides whether the next API request is answered 503. Each call takes the next request
+    /// sequence number, so a seeded run that sends requests in the same order gets the same
+    /// answers.
     pub(crate) fn inject_error(&self) -> bool {
         let seq = self.inner.request_seq.fetch_add(1, Ordering::Relaxed);
         let rate = self.error_rate();
@@ -269,9 +275,11 @@ impl Faults {
     }
 }
 
-/// Middleware in front of every API route: sleeps for the configured latency, then answers
-/// 503 for the configured share of requests. Requests the worker makes to its own blob
-/// service (marked with [`INTERNAL_HEADER`]) pass untouched.
+/// Middleware in front of every API route: sleeps for the configured latency; a blob PUT then
+/// waits `blob_hang_ms` and is answered 503 for `blob_error_rate` of them; any request is
+/// answered 503 for `error_rate` of them. Requests the worker makes to its own blob service
+/// (marked with [`INTERNAL_HEADER`]) pass untouched, so a blob fault meant for the ingress
+/// and the consumers does not fail the worker's thumbnails.
 pub(crate) async fn inject(State(faults): State<Faults>, request: Request, next: Next) -> Response {
     if request.headers().contains_key(INTERNAL_HEADER) {
         return next.run(request).await;
@@ -407,6 +415,47 @@ mod tests {
         assert_eq!(f.take_running(), Duration::from_secs(9));
         assert_eq!(f.take_running(), Duration::from_millis(5));
         assert_eq!(f.hangs_left(), 0);
+    }
+
+    #[test]
+    fn blob_decisions_do_not_shift_the_error_decisions() {
+        let (a, b) = (faults(5), faults(5));
+        for f in [&a, &b] {
+            f.set_error_rate(0.5);
+            f.set_blob_error_rate(0.5);
+        }
+        let plain: Vec<bool> = (0..64).map(|_| a.inject_error()).collect();
+        let interleaved: Vec<bool> = (0..64)
+            .map(|_| {
+                b.inject_blob_error();
+                b.inject_error()
+            })
+            .collect();
+        assert_eq!(plain, interleaved);
+        let blob: Vec<bool> = (0..64).map(|_| a.inject_blob_error()).collect();
+        assert!(blob.iter().any(|&x| x) && blob.iter().any(|&x| !x));
+        a.set_blob_error_rate(1.0);
+        assert!((0..16).all(|_| a.inject_blob_error()));
+        a.set_blob_error_rate(0.0);
+        assert!((0..16).all(|_| !a.inject_blob_error()));
+    }
+
+    #[test]
+    fn blob_knobs_start_from_the_config_and_are_clamped() {
+        let f = Faults::new(&StubConfig {
+            blob_error_rate: 0.25,
+            blob_hang_ms: 4_000,
+            seed: Some(1),
+            ..StubConfig::default()
+        });
+        assert_eq!(f.blob_error_rate(), 0.25);
+        assert_eq!(f.blob_hang(), Duration::from_secs(4));
+        f.set_blob_error_rate(3.0);
+        assert_eq!(f.blob_error_rate(), 1.0);
+        f.set_blob_error_rate(f64::NAN);
+        assert_eq!(f.blob_error_rate(), 0.0);
+        f.set_blob_hang(Duration::ZERO);
+        assert_eq!(f.blob_hang(), Duration::ZERO);
     }
 
     #[test]

@@ -140,6 +140,8 @@ impl Stubs {
             seed = faults.seed(),
             latency_ms = config.latency_ms,
             error_rate = config.error_rate,
+            blob_error_rate = config.blob_error_rate,
+            blob_hang_ms = config.blob_hang_ms,
             job_fail_rate = config.job_fail_rate,
             running_ms = config.running_ms,
             skip_image_work = config.skip_image_work,

@@ -3,7 +3,7 @@
 //! submit, keyed retries, a direct publisher's reference, and results by redirect.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,23 @@ async fn images_from_the_threshold_up_travel_by_reference() {
         Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         other => panic!("payload_location: {other:?}"),
     };
-    assert!(location.ends_with(&format!("/blob/{id}")), "{location}");
+    assert_eq!(
+        location,
+        format!("{}/blob/{id}", p.stubs.blob_url),
+        "the location the stub answered for the ingress's PUT"
+    );
+    let fetched = reqwest::get(&location).await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(
+        &fetched.bytes().await.unwrap()[..],
+        &at[..],
+        "the location serves the image"
+    );
+    assert_eq!(
+        p.stubs.stats().blob_puts_for(&id),
+        1,
+        "one PUT, the ingress's"
+    );
     assert_eq!(
         header(&msg, "payload_size"),
         Some(&AMQPValue::LongLongInt(70_000))
@@ -114,6 +130,23 @@ async fn images_from_the_threshold_up_travel_by_reference() {
     consumer.stop().await;
 }
 
+/// The three claim-check headers of a queued job message, checked against `img`.
+fn assert_reference(msg: &lapin::message::BasicGetMessage, img: &[u8], location: &str) {
+    assert!(msg.delivery.data.is_empty(), "by reference: an empty body");
+    assert_eq!(
+        header(msg, "payload_location"),
+        Some(&AMQPValue::LongString(location.into()))
+    );
+    assert_eq!(
+        header(msg, "payload_size"),
+        Some(&AMQPValue::LongLongInt(img.len() as i64))
+    );
+    assert_eq!(
+        header(msg, "md5"),
+        Some(&AMQPValue::LongString(Md5::of(img).to_string().into()))
+    );
+}
+
 #[tokio::test]
 async fn zero_sends_every_image_by_reference_and_above_the_limit_none() {
     let p = Pipeline::new().await;
@@ -125,48 +158,108 @@ async fn zero_sends_every_image_by_reference_and_above_the_limit_none() {
     let tiny = png(4, 4);
     let id = all.submit_id(&tiny).await;
     let msg = get_one(&ch, &topo.work_queue(), T).await;
-    assert!(
-        msg.delivery.data.is_empty(),
-        "0: even {} bytes go by reference",
-        tiny.len()
-    );
-    assert!(p.stubs.blob(&id).is_some());
+    assert_reference(&msg, &tiny, &format!("{}/blob/{id}", p.stubs.blob_url));
+    let (stored, _) = p.stubs.blob(&id).expect("0: even a tiny image is stored");
+    assert_eq!(&stored[..], &tiny[..]);
     all.stop().await;
 
+    // Off: the default MAX_BODY_BYTES (3 MiB) + 1.
     let none = p
         .ingress_with(|c| c.claim_check_min_bytes = ByteSize(c.max_body_bytes.0 + 1))
         .await;
     let large = png_of(500_000);
     let id = none.submit_id(&large).await;
     let msg = get_one(&ch, &topo.work_queue(), T).await;
-    assert_eq!(msg.delivery.data.len(), large.len(), "off: in the body");
+    assert_eq!(msg.delivery.data, large, "off: over 64 KiB, in the body");
+    assert!(header(&msg, "payload_location").is_none());
     assert!(p.stubs.blob(&id).is_none());
+    none.stop().await;
+
+    // The edge of "off": a threshold equal to MAX_BODY_BYTES still applies to an image
+    // of exactly MAX_BODY_BYTES; one byte more and it never does.
+    let max = 200_000;
+    let edge = png_of(max);
+    let at_max = p
+        .ingress_with(|c| {
+            c.max_body_bytes = ByteSize(max as u64);
+            c.claim_check_min_bytes = ByteSize(max as u64);
+        })
+        .await;
+    let id = at_max.submit_id(&edge).await;
+    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    assert_reference(&msg, &edge, &format!("{}/blob/{id}", p.stubs.blob_url));
+    at_max.stop().await;
+    let above_max = p
+        .ingress_with(|c| {
+            c.max_body_bytes = ByteSize(max as u64);
+            c.claim_check_min_bytes = ByteSize(max as u64 + 1);
+        })
+        .await;
+    let id = above_max.submit_id(&edge).await;
+    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    assert_eq!(msg.delivery.data, edge, "above MAX_BODY_BYTES: off");
+    assert!(p.stubs.blob(&id).is_none());
+    assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0);
 }
 
-/// A blob service that answers every PUT with `status` (0: never answers), or, with 200,
-/// stores nothing but answers a location.
+/// A blob service that answers every PUT with `status` (0: hangs for 3 s, longer than
+/// the ingress's `BLOB_PUT_TIMEOUT_MS`, then 503). A 2xx is the real stub's answer when
+/// `forward` (its API base) is given: the body is stored there; otherwise a made-up
+/// location. `puts` counts the PUTs that reached it.
 struct FakeBlob {
     addr: SocketAddr,
     status: Arc<AtomicU16>,
+    puts: Arc<AtomicU64>,
 }
 
-async fn fake_blob() -> FakeBlob {
+impl FakeBlob {
+    fn url(&self) -> reqwest::Url {
+        reqwest::Url::parse(&format!("http://{}/api/v1", self.addr)).unwrap()
+    }
+}
+
+async fn fake_blob(forward: Option<String>) -> FakeBlob {
     let status = Arc::new(AtomicU16::new(503));
-    let answer = status.clone();
+    let puts = Arc::new(AtomicU64::new(0));
+    let (answer, counted) = (status.clone(), puts.clone());
+    let http = reqwest::Client::new();
     let app = axum::Router::new().route(
         "/api/v1/blob/{id}",
         axum::routing::put(
-            move |axum::extract::Path(id): axum::extract::Path<String>| {
-                let answer = answer.clone();
+            move |axum::extract::Path(id): axum::extract::Path<String>,
+                  headers: axum::http::HeaderMap,
+                  body: bytes::Bytes| {
+                let (answer, counted, forward, http) = (
+                    answer.clone(),
+                    counted.clone(),
+                    forward.clone(),
+                    http.clone(),
+                );
                 async move {
-                    let code = answer.load(Ordering::Relaxed);
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    let mut code = answer.load(Ordering::Relaxed);
                     if code == 0 {
-                        std::future::pending::<()>().await;
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        code = 503;
                     }
                     let code = axum::http::StatusCode::from_u16(code)
                         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-                    let body = format!(r#"{{"payload_location":"http://fake/blob/{id}"}}"#);
-                    (code, body)
+                    match forward {
+                        Some(base) if code.is_success() => {
+                            let mut put = http.put(format!("{base}/blob/{id}")).body(body);
+                            if let Some(ct) = headers.get("content-type") {
+                                put = put.header("content-type", ct.as_bytes());
+                            }
+                            let resp = put.send().await.unwrap();
+                            let code =
+                                axum::http::StatusCode::from_u16(resp.status().as_u16()).unwrap();
+                            (code, resp.text().await.unwrap())
+                        }
+                        _ => (
+                            code,
+                            format!(r#"{{"payload_location":"http://fake/blob/{id}"}}"#),
+                        ),
+                    }
                 }
             },
         ),
@@ -176,7 +269,7 @@ async fn fake_blob() -> FakeBlob {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    FakeBlob { addr, status }
+    FakeBlob { addr, status, puts }
 }
 
 async fn submit(ing: &TestIngress, img: &[u8], key: Option<&str>) -> reqwest::Response {
@@ -203,32 +296,71 @@ async fn error_of(resp: reqwest::Response, code: u16) -> serde_json::Value {
     body
 }
 
+fn rejections(metrics: &str, reason: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("imagejobs_rejections_total")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics_of(ing: &TestIngress) -> String {
+    ing.http
+        .get(format!("{}/metrics", ing.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_blob_service_that_fails_gets_503_or_502_and_nothing_is_published() {
     let p = Pipeline::new().await;
-    let fake = fake_blob().await;
-    let url = reqwest::Url::parse(&format!("http://{}/api/v1", fake.addr)).unwrap();
+    let fake = fake_blob(Some(p.stubs.blob_url.clone())).await;
     let ing = p
         .ingress_with(|c| {
             c.claim_check_min_bytes = ByteSize(0);
             c.blob_put_timeout = Duration::from_secs(1);
-            c.blob_service_url = url;
+            c.blob_service_url = fake.url();
         })
         .await;
     let img = png(10, 10);
+    let mut asked = 0;
     for (status, expect) in [(503, 503), (500, 503), (429, 503), (400, 502), (404, 502)] {
         fake.status.store(status, Ordering::Relaxed);
         let resp = submit(&ing, &img, None).await;
         if expect == 503 {
-            assert!(resp.headers().contains_key("retry-after"), "{status}");
+            let retry = resp.headers().get("retry-after").map(|v| v.to_owned());
+            let secs = retry
+                .as_ref()
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            assert!(
+                secs.is_some_and(|s| s > 0),
+                "{status}: Retry-After {retry:?}"
+            );
+        } else {
+            assert!(!resp.headers().contains_key("retry-after"), "{status}");
         }
         error_of(resp, expect).await;
+        asked += 1;
+        assert_eq!(
+            fake.puts.load(Ordering::Relaxed),
+            asked,
+            "{status}: PUT made"
+        );
     }
-    // Slower than BLOB_PUT_TIMEOUT_MS: a 503 when the timeout ends.
+    // Slower than BLOB_PUT_TIMEOUT_MS (1 s; the fake hangs 3 s): a 503 when it ends.
     fake.status.store(0, Ordering::Relaxed);
     let started = Instant::now();
-    error_of(submit(&ing, &img, None).await, 503).await;
+    let resp = submit(&ing, &img, None).await;
     let took = started.elapsed();
+    assert!(resp.headers().contains_key("retry-after"));
+    error_of(resp, 503).await;
     assert!(
         took >= Duration::from_secs(1) && took < Duration::from_millis(2500),
         "{took:?}"
@@ -245,68 +377,126 @@ async fn a_blob_service_that_fails_gets_503_or_502_and_nothing_is_published() {
             c.blob_service_url = url;
         })
         .await;
-    error_of(submit(&down, &img, None).await, 503).await;
+    let resp = submit(&down, &img, None).await;
+    assert!(resp.headers().contains_key("retry-after"));
+    error_of(resp, 503).await;
 
-    let (_c, ch) = p.deployment.channel().await;
+    let metrics = metrics_of(&ing).await;
     assert_eq!(
-        queue_len(&ch, &p.deployment.topology.work_queue()).await,
-        0,
-        "nothing published"
+        rejections(&metrics, "blob_unavailable"),
+        4.0,
+        "503, 500, 429 and the hang; not 400 nor 404:\n{metrics}"
     );
-    let (_, page) = ing.get_json("/api/v1/jobs", 1).await;
-    assert_eq!(page["jobs"].as_array().map(Vec::len), Some(0), "{page}");
-    let metrics = ing
-        .http
-        .get(format!("{}/metrics", ing.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let unavailable: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("imagejobs_rejections_total") && l.contains("blob_unavailable"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(unavailable, 4.0, "503, 500, 429 and the hang:\n{metrics}");
-}
+    let metrics = metrics_of(&down).await;
+    assert_eq!(
+        rejections(&metrics, "blob_unavailable"),
+        1.0,
+        "down:\n{metrics}"
+    );
 
-#[tokio::test]
-async fn a_keyed_submit_retried_after_a_503_makes_one_job() {
-    let p = Pipeline::new().await;
-    let fake = fake_blob().await;
-    let url = reqwest::Url::parse(&format!("http://{}/api/v1", fake.addr)).unwrap();
-    let ing = p
-        .ingress_with(|c| {
-            c.claim_check_min_bytes = ByteSize(0);
-            c.blob_service_url = url;
+    // Nothing was published: once a good submit after them is known to both ingresses,
+    // it is the only job, and the only message in the work queue.
+    fake.status.store(201, Ordering::Relaxed);
+    let good = ing.submit_id(&img).await;
+    for ingress in [&ing, &down] {
+        let ids = eventually(T, "the good job listed", || async {
+            let (status, page) = ingress.get_json("/api/v1/jobs", 1).await;
+            assert_eq!(status, 200, "{page}");
+            let ids: Vec<String> = page["jobs"]
+                .as_array()?
+                .iter()
+                .filter_map(|j| j["id"].as_str().map(str::to_owned))
+                .collect();
+            ids.contains(&good).then_some(ids)
         })
         .await;
-    let img = png(12, 12);
-    fake.status.store(503, Ordering::Relaxed);
-    error_of(submit(&ing, &img, Some("order-7")).await, 503).await;
-    fake.status.store(201, Ordering::Relaxed);
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let resp = submit(&ing, &img, Some("order-7")).await;
-        assert_eq!(resp.status(), 202);
-        let body: serde_json::Value = resp.json().await.unwrap();
-        ids.push(body["id"].as_str().unwrap().to_owned());
+        assert_eq!(ids, vec![good.clone()], "only the good job");
     }
-    assert_eq!(ids[0], ids[1], "one job for the key");
     let (_c, ch) = p.deployment.channel().await;
-    let topo = &p.deployment.topology;
-    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    let work = p.deployment.topology.work_queue();
+    let msg = get_one(&ch, &work, T).await;
     assert_eq!(
         msg.delivery
             .properties
             .message_id()
             .as_ref()
             .map(|s| s.as_str()),
-        Some(ids[0].as_str())
+        Some(good.as_str())
     );
+    assert_eq!(queue_len(&ch, &work).await, 0, "nothing else published");
+}
+
+async fn accepted_id(resp: reqwest::Response) -> String {
+    assert_eq!(resp.status(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+fn message_id(msg: &lapin::message::BasicGetMessage) -> Option<String> {
+    msg.delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.to_string())
+}
+
+#[tokio::test]
+async fn a_keyed_submit_by_reference_twice_is_one_job() {
+    let p = Pipeline::new().await;
+    let ing = p
+        .ingress_with(|c| c.claim_check_min_bytes = ByteSize(70_000))
+        .await;
+    let img = png_of(80_000);
+    let first = accepted_id(submit(&ing, &img, Some("order-1")).await).await;
+    let again = accepted_id(submit(&ing, &img, Some("order-1")).await).await;
+    assert_eq!(first, again, "one job for the key");
+    let (stored, _) = p.stubs.blob(&first).expect("stored at the job id");
+    assert_eq!(&stored[..], &img[..]);
+    let (_c, ch) = p.deployment.channel().await;
+    let topo = &p.deployment.topology;
+    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    assert_eq!(message_id(&msg).as_deref(), Some(first.as_str()));
+    assert_reference(&msg, &img, &format!("{}/blob/{first}", p.stubs.blob_url));
     assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0, "one message");
+}
+
+#[tokio::test]
+async fn a_keyed_submit_retried_after_a_503_makes_one_job() {
+    let p = Pipeline::new().await;
+    let fake = fake_blob(Some(p.stubs.blob_url.clone())).await;
+    let ing = p
+        .ingress_with(|c| {
+            c.claim_check_min_bytes = ByteSize(0);
+            c.blob_service_url = fake.url();
+        })
+        .await;
+    let img = png(12, 12);
+    fake.status.store(503, Ordering::Relaxed);
+    error_of(submit(&ing, &img, Some("order-7")).await, 503).await;
+    // The blob service is back: the retry stores the image and is accepted.
+    fake.status.store(201, Ordering::Relaxed);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(accepted_id(submit(&ing, &img, Some("order-7")).await).await);
+    }
+    assert_eq!(ids[0], ids[1], "one job for the key");
+    let id = ids.remove(0);
+    let (stored, _) = p.stubs.blob(&id).expect("the retry stored the image");
+    assert_eq!(&stored[..], &img[..]);
+    let (_c, ch) = p.deployment.channel().await;
+    let topo = &p.deployment.topology;
+    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    assert_eq!(message_id(&msg).as_deref(), Some(id.as_str()));
+    assert_reference(&msg, &img, &format!("{}/blob/{id}", p.stubs.blob_url));
+    assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0, "one message");
+    let listed = eventually(T, "the job listed", || async {
+        let (_, page) = ing.get_json("/api/v1/jobs", 1).await;
+        let jobs = page["jobs"].as_array()?.clone();
+        (!jobs.is_empty()).then_some(jobs)
+    })
+    .await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], id.as_str());
 }
 
 /// A job by reference as a direct publisher sends it.
@@ -428,10 +618,16 @@ async fn results_stream_or_redirect_and_the_cli_follows_either() {
     let streaming = p.ingress().await;
     let redirecting = p.ingress_with(|c| c.result_redirect = true).await;
     let consumer = p.consumer().await;
-    let id = streaming.submit_id(&png(90, 60)).await;
+    // Over the default threshold (64 KiB): the input travels by reference too.
+    let id = streaming.submit_id(&png_of(100_000)).await;
     let job = redirecting.wait_terminal(&id, 1, T).await;
     assert_eq!(job["status"], "SUCCESS", "{job}");
     let location = job["payload_location"].as_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!("{}/blob/", p.stubs.blob_url))
+            && location != format!("{}/blob/{id}", p.stubs.blob_url),
+        "the result's absolute URL from the stub, not the input's: {location}"
+    );
     let thumb = reqwest::get(&location)
         .await
         .unwrap()

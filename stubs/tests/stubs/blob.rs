@@ -139,3 +139,23 @@ async fn ping_and_stats_answer_on_both_ports() {
     let stats = t.stubs.stats();
     assert!(stats.endpoints.values().all(|e| e.requests == 0));
 }
+
+/// A browser that follows the ingress's 307 for a result (`RESULT_REDIRECT=true`) reads the
+/// blob from another origin: the GET, found or not, says any origin may.
+#[tokio::test]
+async fn get_answers_any_origin() {
+    let t = spawn(StubConfig::default()).await;
+    let location = t.put_blob("cors", png(4, 4), "image/png").await;
+    let got = t
+        .http
+        .get(&location)
+        .header("origin", "http://127.0.0.1:9000")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.headers()["access-control-allow-origin"], "*");
+    let missing = t.http.get(t.blob("/blob/none")).send().await.expect("GET");
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["access-control-allow-origin"], "*");
+}

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use imagejobs_stubs::faults::INTERNAL_HEADER;
 use imagejobs_stubs::{Endpoint, StubConfig};
 use tokio::task::JoinSet;
 
@@ -231,4 +232,95 @@ async fn blob_faults_hit_blob_puts_only() {
     let knobs: serde_json::Value = knobs.json().await.expect("json");
     assert_eq!(knobs["blob_error_rate"], 1.0);
     assert_eq!(put("again").await.expect("PUT").status(), 503);
+}
+
+/// The worker's own calls (marked internal) pass a failing or hanging blob store untouched,
+/// and every blob fault is counted by kind in `/metrics`.
+#[tokio::test]
+async fn blob_faults_spare_internal_calls_and_are_counted() {
+    let t = spawn(StubConfig {
+        blob_error_rate: 1.0,
+        blob_hang_ms: 300,
+        ..StubConfig::default()
+    })
+    .await;
+    let put = |id: &str, internal: bool| {
+        let request = t
+            .http
+            .put(t.blob(&format!("/blob/{id}")))
+            .header("content-type", "image/png")
+            .body(png(4, 4));
+        let request = if internal {
+            request.header(INTERNAL_HEADER, "1")
+        } else {
+            request
+        };
+        request.send()
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(put("inside", true).await.expect("PUT").status(), 201);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "an internal PUT does not hang: {:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(put("outside", false).await.expect("PUT").status(), 503);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(t.stubs.blob("outside").is_none());
+    assert_eq!(t.stubs.stats().blob_puts_for("outside"), 0);
+
+    // The worker stores its thumbnail through the failing store: the job still succeeds.
+    let (stored, _) = t.stubs.blob("inside").expect("stored");
+    assert!(!stored.is_empty());
+    let (code, answer) = t.post_job("job-b", &t.blob("/blob/inside")).await;
+    assert_eq!(code, 200);
+    assert_eq!(answer["status"], 1, "{answer}");
+    assert!(t.stubs.blob("job-b.thumb").is_some());
+
+    let metrics = t
+        .http
+        .get(format!("http://{}/metrics", t.stubs.blob_addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for kind in ["blob_error_503", "blob_hang"] {
+        let line = format!("imagejobs_stub_faults_injected_total{{kind=\"{kind}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+}
+
+/// A share of 0.5 fails some blob PUTs and not others, the same ones under the same seed.
+#[tokio::test]
+async fn blob_error_rate_is_a_seeded_share() {
+    let seeded = |seed| StubConfig {
+        seed: Some(seed),
+        blob_error_rate: 0.5,
+        ..StubConfig::default()
+    };
+    let (a, b) = (spawn(seeded(8)).await, spawn(seeded(8)).await);
+    let mut patterns = Vec::new();
+    for t in [&a, &b] {
+        let mut codes = Vec::new();
+        for i in 0..32 {
+            let response = t
+                .http
+                .put(t.blob(&format!("/blob/s{i}")))
+                .body("x")
+                .send()
+                .await
+                .expect("PUT");
+            codes.push(response.status().as_u16());
+        }
+        patterns.push(codes);
+    }
+    assert_eq!(patterns[0], patterns[1]);
+    assert!(
+        patterns[0].contains(&503) && patterns[0].contains(&201),
+        "{:?}",
+        patterns[0]
+    );
 }
