@@ -31,6 +31,19 @@ pub fn machine_busy_seconds() -> Option<f64> {
     Some(busy / TICKS_PER_SEC)
 }
 
+/// Bytes a process wrote since it started, from `/proc/PID/io`: `wchar` (every `write`,
+/// sockets included) and `write_bytes` (what it sent towards storage: pages it dirtied);
+/// `None` when it cannot be read (another user's process, no such process).
+pub fn io_written(pid: u32) -> Option<(u64, u64)> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some((field("wchar")?, field("write_bytes")?))
+}
+
 /// CPU seconds of a set of processes since `start`.
 pub struct CpuMeter {
     procs: Vec<(&'static str, Vec<u32>, f64)>,
@@ -118,5 +131,7 @@ mod tests {
         assert!(x != 1);
         assert!(cpu_seconds(std::process::id()).is_some());
         assert!(machine_busy_seconds().is_some());
+        assert!(io_written(std::process::id()).is_some());
+        assert!(io_written(u32::MAX).is_none());
     }
 }

@@ -1,7 +1,12 @@
 //! Steady load during the chaos: HTTP submits to the ingress replicas (retried with the
 //! same `Idempotency-Key` on 503 or a lost connection, moving to the other replica) and
 //! direct confirmed AMQP publishes (retried until confirmed). Every accepted job is in the
-//! [`Ledger`], with the moment it was accepted and how long each replica took to know it.
+//! [`Ledger`], with the moment it was accepted, the size of its image and how long each
+//! replica took to know it.
+//!
+//! The HTTP submits take turns over a few images of different sizes, some below the
+//! ingress's claim-check threshold (they travel in the message) and some above it (the
+//! ingress stores them in the blob service first), so that both paths meet every fault.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +43,9 @@ pub struct Accepted {
     pub id: JobId,
     pub at: Instant,
     pub via: Via,
+    /// Bytes of the image submitted: with the ingress's threshold, whether it went by
+    /// reference.
+    pub bytes: usize,
 }
 
 #[derive(Default)]
@@ -75,7 +83,10 @@ pub struct LoadConfig {
     pub http_rate: f64,
     /// Direct AMQP publishes per second.
     pub direct_rate: f64,
-    pub image: Bytes,
+    /// The images of the HTTP submits, taken in turn (submit `n` sends `images[n % len]`).
+    pub images: Vec<Bytes>,
+    /// The image of the direct publishes (they carry it in the message).
+    pub direct_image: Bytes,
     pub http: reqwest::Client,
 }
 
@@ -125,7 +136,7 @@ impl Load {
                     let (ledger, broker, image, exchange) = (
                         ledger.clone(),
                         broker.clone(),
-                        config.image.clone(),
+                        config.direct_image.clone(),
                         exchange.clone(),
                     );
                     tasks2.spawn(publish(ledger, broker, exchange, image));
@@ -154,6 +165,12 @@ async fn submit(ledger: SharedLedger, config: Arc<LoadConfig>, n: usize) {
     let started = Instant::now();
     let urls = &config.ingress_urls;
     let mut replica = n % urls.len().max(1);
+    let Some(image) = config.images.get(n % config.images.len().max(1)).cloned() else {
+        lock(&ledger)
+            .unexpected
+            .push("the load has no image to send".into());
+        return;
+    };
     loop {
         let url = format!("{}/api/v1/job", urls[replica]);
         let sent = config
@@ -163,7 +180,7 @@ async fn submit(ledger: SharedLedger, config: Arc<LoadConfig>, n: usize) {
             .header("content-type", "image/png")
             .header("idempotency-key", &key)
             .timeout(Duration::from_secs(10))
-            .body(config.image.clone())
+            .body(image.clone())
             .send()
             .await;
         let now = Instant::now();
@@ -176,6 +193,7 @@ async fn submit(ledger: SharedLedger, config: Arc<LoadConfig>, n: usize) {
                             id,
                             at: now,
                             via: Via::Http,
+                            bytes: image.len(),
                         });
                         watch_visibility(ledger, config, id, now).await;
                     }
@@ -276,6 +294,7 @@ async fn publish(ledger: SharedLedger, broker: Broker, exchange: String, image: 
                     id: meta.id,
                     at: now,
                     via: Via::Direct,
+                    bytes: image.len(),
                 });
                 return;
             }

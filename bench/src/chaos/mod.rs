@@ -39,6 +39,15 @@ use load::{Ledger, Load, LoadConfig};
 /// The JWT secret of the chaos run's ingresses.
 pub const SECRET: &str = "imagejobs-chaos-secret";
 
+/// The chaos ingresses' `CLAIM_CHECK_MIN_BYTES`: the default, so that the run checks the
+/// threshold a deployment gets.
+const CLAIM_CHECK_MIN_BYTES: u64 = 64 * 1024;
+
+/// Bytes of the load's large image: half again the threshold, so it goes by reference,
+/// yet small enough that a full run's inputs and thumbnails stay far below the blob
+/// stub's byte bound (an evicted input would be a false FAILED; the reconcile checks).
+const LARGE_IMAGE_BYTES: usize = 96 * 1024;
+
 /// Settings of a chaos run.
 #[derive(Args, Clone, Debug)]
 pub struct ChaosArgs {
@@ -112,13 +121,28 @@ pub async fn run(
         host: [127, 0, 0, 1].into(),
         jwt_secret: Some(Secret::new(SECRET)),
         publish_timeout: Duration::from_secs(2),
-        // Every HTTP submit travels by reference (direct publishes carry their bytes), so
-        // the blob store's faults meet the claim check.
-        claim_check_min_bytes: imagejobs_core::config::ByteSize(0),
+        // Half of the HTTP submits are above it and travel by reference (the others, and
+        // the direct publishes, carry their bytes), so the blob store's faults meet the
+        // claim check and the consumers' uploads alike.
+        claim_check_min_bytes: imagejobs_core::config::ByteSize(CLAIM_CHECK_MIN_BYTES),
         blob_put_timeout,
         blob_service_url: stubs.blob_url.parse()?,
         ..IngressConfig::default()
     };
+    let claim_check = reconcile::ClaimCheck {
+        min_bytes: ingress_config.claim_check_min_bytes.0,
+        max_body: ingress_config.max_body_bytes.0,
+    };
+    let small: bytes::Bytes = png(48, 32).into();
+    let large =
+        crate::image::Image::generate(crate::image::Size::new("chaos", LARGE_IMAGE_BYTES))?.png;
+    anyhow::ensure!(
+        !claim_check.by_reference(small.len()) && claim_check.by_reference(large.len()),
+        "the load's images ({} and {} bytes) do not straddle the claim-check threshold of {} bytes",
+        small.len(),
+        large.len(),
+        claim_check.min_bytes
+    );
     let consumer_config = ConsumerConfig {
         broker: deployment.broker_args(),
         prefetch: 8,
@@ -162,7 +186,8 @@ pub async fn run(
                 token: token_with(SECRET, 1, 1),
                 http_rate: args.http_rate,
                 direct_rate: args.direct_rate,
-                image: png(48, 32).into(),
+                images: vec![small.clone(), large.clone()],
+                direct_image: small.clone(),
                 http: http.clone(),
             },
             &deployment,
@@ -215,6 +240,7 @@ pub async fn run(
             windows: &windows,
             settle,
             cluster: target.cluster,
+            claim_check,
         })
         .await;
         reader.stop().await;

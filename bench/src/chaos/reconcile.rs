@@ -8,6 +8,9 @@
 //! - The dead queue holds exactly the jobs that ended FAILED by the pipeline's decision
 //!   (not the worker's own FAILED), each with `x-error` or `x-death`.
 //! - Every 202 was known to every replica within [`VISIBLE_LIMIT`].
+//! - Every 202 of an image at or above the claim-check threshold has that image in the
+//!   blob service, and the blob service evicted nothing during the run (an input evicted
+//!   before its worker ran would be a false FAILED).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -33,6 +36,22 @@ const VISIBLE_LIMIT: Duration = Duration::from_secs(5);
 /// How long to wait for the accepted jobs to end after the load stopped.
 const END_WITHIN: Duration = Duration::from_secs(180);
 
+/// The chaos ingresses' claim-check rule (DESIGN §10.1), to tell which 202s travel by
+/// reference: the threshold as configured, and the largest body, above which it is off.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimCheck {
+    pub min_bytes: u64,
+    pub max_body: u64,
+}
+
+impl ClaimCheck {
+    /// Whether an image of `bytes` goes by reference: at least the threshold, which is not
+    /// above the largest body (`0` sends every image by reference).
+    pub fn by_reference(self, bytes: usize) -> bool {
+        self.min_bytes <= self.max_body && bytes as u64 >= self.min_bytes
+    }
+}
+
 pub struct Inputs<'a> {
     pub deployment: &'a Deployment,
     pub ingress_urls: &'a [String],
@@ -44,6 +63,7 @@ pub struct Inputs<'a> {
     pub windows: &'a [Window],
     pub settle: Duration,
     pub cluster: &'a Cluster,
+    pub claim_check: ClaimCheck,
 }
 
 pub struct Outcome {
@@ -263,27 +283,51 @@ pub async fn run(i: Inputs<'_>) -> anyhow::Result<Outcome> {
         failures.push(format!("unexpected answer: {u}"));
     }
 
-    // The claim check: every 202 of an HTTP submit (all by reference) has its image in the
-    // blob store, and the store evicted nothing (an evicted input would be a false FAILED).
-    let no_blob: HashSet<JobId> = i
+    // The claim check: every 202 of an HTTP submit at or above the threshold has its image
+    // in the blob store, whole, whatever the store's faults at the time (a 503 or a PUT past
+    // the ingress's timeout must have kept the 202 back). A direct publisher sends bytes.
+    let by_reference: Vec<&super::load::Accepted> = i
         .ledger
         .accepted
         .iter()
-        .filter(|a| matches!(a.via, Via::Http))
+        .filter(|a| a.via == Via::Http && i.claim_check.by_reference(a.bytes))
+        .collect();
+    let no_blob: HashSet<JobId> = by_reference
+        .iter()
+        .filter(|a| {
+            i.stubs
+                .blob(&a.id.to_string())
+                .is_none_or(|(data, _)| data.len() != a.bytes)
+        })
         .map(|a| a.id)
-        .filter(|id| i.stubs.blob(&id.to_string()).is_none())
         .collect();
     if !no_blob.is_empty() {
         failures.push(format!(
-            "{} accepted jobs by reference have no blob: {}",
+            "{} jobs accepted by reference lack their image in the blob store: {}",
             no_blob.len(),
             sample(&no_blob)
         ));
     }
+    // The blob store's fault must have reached the claim check: submits turned away because
+    // the store failed (else the ingress sent nothing by reference, and the check above
+    // proves only that the consumers uploaded).
+    let blob_fault = i
+        .windows
+        .iter()
+        .any(|w| w.fault == super::faults::Fault::BlobStore);
+    let blob_refusals = blob_unavailable(i.http, i.ingress_urls).await;
+    if blob_fault && blob_refusals == 0 && !by_reference.is_empty() {
+        failures.push(
+            "the blob store's fault turned no submit away (no blob_unavailable rejection): \
+the images above the threshold did not go by reference"
+                .into(),
+        );
+    }
+    // The stubs started with this run, so every eviction happened during it.
     let evicted = i.stubs.stats().blobs_evicted;
     if evicted > 0 {
         failures.push(format!(
-            "the blob store evicted {evicted} blobs during the run"
+            "the blob store evicted {evicted} blobs during the run (an input evicted before its worker ran is a false FAILED)"
         ));
     }
 
@@ -399,6 +443,7 @@ pub async fn run(i: Inputs<'_>) -> anyhow::Result<Outcome> {
         .iter()
         .filter(|a| a.via == Via::Http)
         .count();
+    let store = i.stubs.stats();
     let ended = |s: &str| {
         jobs.values()
             .filter(|j| first_view(j).is_some_and(|v| v.status == s))
@@ -411,11 +456,15 @@ pub async fn run(i: Inputs<'_>) -> anyhow::Result<Outcome> {
         .map_or_else(|e| format!("unknown ({e:#})"), |n| n.to_string());
     let _ = write!(
         md,
-        "\n{} jobs accepted ({http} by HTTP, {} by direct AMQP publish); {} SUCCESS, {} FAILED by the worker, \
+        "\n{} jobs accepted ({http} by HTTP, {} of them by reference at {} bytes or more, {} by direct AMQP publish); {} SUCCESS, {} FAILED by the worker, \
 {} FAILED by the pipeline (all {} in the dead queue with a reason); {} submits given up by clients after 2 minutes of retries. \
 Every 202 was known to both replicas after at most {:.2} s (p99 {:.2} s) with the time a replica spent restarting or not ready, and the broker spent down or in an alarm, left out. \
-The work queue has {members} member(s) (replicas).\n",
+The work queue has {members} member(s) (replicas). \
+The blob store held {} blobs ({:.0} MiB) at the end and evicted {}; \
+the ingress replicas answered {blob_refusals} submits 503 because it failed them (blob_unavailable).\n",
         jobs.len(),
+        by_reference.len(),
+        i.claim_check.min_bytes,
         jobs.len() - http,
         ended("SUCCESS"),
         worker_failed,
@@ -424,6 +473,9 @@ The work queue has {members} member(s) (replicas).\n",
         i.ledger.gave_up,
         max_delay.as_secs_f64(),
         p99.as_secs_f64(),
+        store.blobs_stored,
+        store.blob_bytes as f64 / (1024.0 * 1024.0),
+        store.blobs_evicted,
     );
     md.push_str(
         "\n*lost*: accepted but unknown, or not final, on a replica at the end. *flipped*: terminal \
@@ -435,7 +487,7 @@ in which a client's submit or publish failed (it retried). *lasted*: from inject
 until a job accepted after the last failure of the period reached SUCCESS.\n",
     );
     if failures.is_empty() {
-        md.push_str("\nEvery check passed: nothing lost, nothing flipped, replicas agree, every SUCCESS has its blobs, the dead queue holds exactly what the pipeline gave up on.\n");
+        md.push_str("\nEvery check passed: nothing lost, nothing flipped, replicas agree, every SUCCESS has its blobs, every 202 by reference has its image stored and nothing was evicted, the dead queue holds exactly what the pipeline gave up on.\n");
     } else {
         md.push_str("\nFAILED checks:\n");
         for f in &failures {
@@ -496,6 +548,33 @@ async fn views_of(
         out.push(view);
     }
     out
+}
+
+/// Submits the ingress replicas turned away because the blob service failed them
+/// (`imagejobs_rejections_total{reason="blob_unavailable"}`, summed; a replica restarted
+/// during the run counts since its restart).
+async fn blob_unavailable(http: &reqwest::Client, urls: &[String]) -> u64 {
+    let mut total = 0.0;
+    for base in urls {
+        let Ok(response) = http
+            .get(format!("{base}/metrics"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let text = response.text().await.unwrap_or_default();
+        total += text
+            .lines()
+            .filter(|l| {
+                l.starts_with("imagejobs_rejections_total{")
+                    && l.contains("reason=\"blob_unavailable\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total as u64
 }
 
 /// The job ids in the dead queue, and how many dead letters carry no reason.
