@@ -44,7 +44,8 @@ RMQ_BIN=${RABBITMQ_BIN_DIR:-/usr/lib/rabbitmq/bin}
 SERVER=$RMQ_BIN/rabbitmq-server START_TIMEOUT=${RABBITMQ_START_TIMEOUT:-90}
 HASH=$(printf '%s' "$(dirname "$SCRIPT_DIR")" | cksum | cut -d' ' -f1)
 HASH8=$(printf '%08x' "$HASH") DEFAULT_BASE=$((20000 + HASH % 120 * 100))
-PLUGINS=(rabbitmq_prometheus)
+# The lanes of the work queue sit behind a consistent-hash exchange (fair share).
+PLUGINS=(rabbitmq_prometheus rabbitmq_consistent_hash_exchange)
 if [ "${RABBITMQ_MANAGEMENT:-}" = 1 ]; then PLUGINS+=(rabbitmq_management); fi
 N=1 BASE=$DEFAULT_BASE LAUNCHED=() ENVP=()
 
@@ -375,6 +376,8 @@ rabbitmq: start it with BROKER_NODES=$rec, or \`rabbitmq/node.sh reset\` first (
         say "the $N-node deployment is already running"
         [ "${BROKER_PORT_BASE:-$BASE}" = "$BASE" ] || warn "its ports start at $BASE: stop it to change that"
         [[ ${PLUGINS[*]} != *management* ]] || has_mgmt 1 || warn "it has no management: stop it to add it"
+        grep -qs rabbitmq_consistent_hash_exchange "$(ndir 1)/enabled_plugins" ||
+            warn "it predates the lanes' plugin (rabbitmq_consistent_hash_exchange): stop it and start it again"
         write_env_file && print_deployment && return 0
     fi
     [[ ${PLUGINS[*]} != *management* ]] || mgmt=yes

@@ -48,6 +48,12 @@ struct RejectLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantStatusLabels {
+    tenant_id: i64,
+    status: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric of one ingress process.
@@ -64,6 +70,7 @@ pub struct IngressMetrics {
     snapshot: SnapshotMetrics,
     index_jobs: Gauge,
     index_bytes: Gauge,
+    tenant_jobs: Family<TenantStatusLabels, Gauge>,
     broker: BrokerMetrics,
 }
 
@@ -142,6 +149,13 @@ impl IngressMetrics {
             Unit::Bytes,
             index_bytes.clone(),
         );
+        let tenant_jobs = Family::<TenantStatusLabels, Gauge>::default();
+        r.register(
+            "imagejobs_tenant_jobs",
+            "Each tenant's unfinished jobs by status, from the job index: the tenant's backlog \
+             (the work queue's lanes mix the tenants that hash to them)",
+            tenant_jobs.clone(),
+        );
         let broker = BrokerMetrics::register(&mut r);
         IngressMetrics {
             registry: r,
@@ -156,6 +170,7 @@ impl IngressMetrics {
             snapshot,
             index_jobs,
             index_bytes,
+            tenant_jobs,
             broker,
         }
     }
@@ -165,6 +180,23 @@ impl IngressMetrics {
         self.snapshot.refresh_age();
         self.index_jobs.set(index.len() as i64);
         self.index_bytes.set(index.approx_bytes() as i64);
+        // Tenants whose backlog emptied leave the families instead of staying at zero.
+        self.tenant_jobs.clear();
+        for (tenant, b) in index.backlogs() {
+            for (status, n) in [
+                ("QUEUED", b.queued),
+                ("RUNNING", b.running),
+                ("RETRYING", b.retrying),
+            ] {
+                let labels = TenantStatusLabels {
+                    tenant_id: tenant.0,
+                    status,
+                };
+                self.tenant_jobs
+                    .get_or_create(&labels)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
         self.broker.refresh(broker);
         render(&self.registry)
     }

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use lapin::options::BasicGetOptions;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -139,13 +138,8 @@ fn reference_message(d: &Deployment, image: &Image) -> broker::MakeMessage {
 /// with their headers as AMQP encodes them (a field name, a type byte, the value).
 async fn message_bytes(h: &Harness, d: &Deployment) -> anyhow::Result<usize> {
     let ch = h.conn.create_channel().await?;
-    let got = ch
-        .basic_get(
-            d.topology.work_queue().as_str().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await?
-        .context("no job message in the work queue")?;
+    let got =
+        imagejobs_testkit::deployment::get_job(&ch, &d.topology, Duration::from_secs(10)).await;
     let p = &got.delivery.properties;
     let mut bytes = got.delivery.data.len();
     let short =
@@ -233,7 +227,9 @@ async fn ingress_load(
         result.first_refusal.unwrap_or_default()
     );
     let msg_bytes = message_bytes(h, d).await?;
-    purge(&h.conn, &d.topology.work_queue()).await?;
+    for q in d.topology.job_queues() {
+        purge(&h.conn, &q).await?;
+    }
     Ok(Accepted {
         rate: result.rate(),
         msg_bytes,
@@ -412,7 +408,9 @@ async fn measure(
             d1.saturating_sub(d0) as f64 / n,
         )
     });
-    purge(&h.conn, &d.topology.work_queue()).await?;
+    for q in d.topology.job_queues() {
+        purge(&h.conn, &q).await?;
+    }
     let ceiling = puts.min(publishes);
 
     let sink_url: reqwest::Url = format!("http://{sink}/api/v1").parse()?;

@@ -119,7 +119,9 @@ async fn measure(
             let meter = h.cpu_meter(vec![("ingress", vec![ingress.pid()])]);
             let result = load(h, url, &token, &submit, conc, count).await?;
             let cpu = meter.per_job(result.accepted);
-            purge(&h.conn, &d.topology.work_queue()).await?;
+            for q in d.topology.job_queues() {
+                purge(&h.conn, &q).await?;
+            }
             if result.accepted == 0 {
                 anyhow::bail!(
                     "no submit was accepted: {}",

@@ -257,18 +257,39 @@ impl Broker {
     /// Ready messages and consumers of `queue`, by a passive declare on a channel of its
     /// own (a missing queue closes the channel it is asked on); `None` when unknown.
     pub async fn queue_depth(&self, queue: &str) -> Option<(u32, u32)> {
+        self.queue_depths(&[queue.to_owned()]).await.pop().flatten()
+    }
+
+    /// [`Broker::queue_depth`] of each of `queues` in turn on one channel (the lanes of
+    /// the work queue); after a missing queue, the rest are unknown too.
+    pub async fn queue_depths(&self, queues: &[String]) -> Vec<Option<(u32, u32)>> {
         use lapin::options::QueueDeclareOptions;
-        let channel = self.live()?.open_channel().await.ok()?;
+        let mut out = vec![None; queues.len()];
+        let Some(channel) = (match self.live() {
+            Some(live) => live.open_channel().await.ok(),
+            None => None,
+        }) else {
+            return out;
+        };
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        let declared = channel
-            .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
-            .await
-            .ok();
+        for (queue, slot) in queues.iter().zip(out.iter_mut()) {
+            match channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    passive,
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+            {
+                Ok(q) => *slot = Some((q.message_count(), q.consumer_count())),
+                Err(_) => break,
+            }
+        }
         let _ = channel.close(200, "done".into()).await;
-        declared.map(|q| (q.message_count(), q.consumer_count()))
+        out
     }
 
     /// Publishes one message with `mandatory` and waits for its own confirm.

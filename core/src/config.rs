@@ -128,9 +128,17 @@ pub struct TopologyArgs {
     #[arg(long, env = "AMQP_PREFIX", default_value = "imagejobs")]
     pub amqp_prefix: String,
 
-    /// Most jobs the work queue holds; publishes beyond it are refused (HTTP 503).
+    /// Most jobs each lane of the work queue holds; publishes beyond it are refused (HTTP 503).
     #[arg(long, env = "QUEUE_MAX_LENGTH", default_value_t = 1_000_000)]
     pub queue_max_length: u64,
+
+    /// Lanes of the work queue (DESIGN §10.5): jobs are spread over this many quorum queues
+    /// by a consistent hash of their `tenant_id`, and every consumer serves its lanes in
+    /// turn, so one tenant's backlog holds up only the tenants that share its lane. The
+    /// same on every ingress and consumer of a deployment; raising it moves a few tenants
+    /// to new lanes, lowering it strands the removed lanes' jobs (drain them first).
+    #[arg(long, env = "JOB_LANES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub job_lanes: u16,
 
     /// Deliveries of one message before the broker dead-letters it by itself (a job that
     /// keeps crashing its consumer).
@@ -162,6 +170,7 @@ impl Default for TopologyArgs {
         TopologyArgs {
             amqp_prefix: "imagejobs".into(),
             queue_max_length: 1_000_000,
+            job_lanes: 16,
             queue_delivery_limit: 10,
             events_max_age: MaxAge::days(7),
             events_max_bytes: ByteSize(5_000_000_000),
@@ -187,6 +196,8 @@ impl TopologyArgs {
             self.amqp_prefix.clone(),
             "--queue-max-length".into(),
             self.queue_max_length.to_string(),
+            "--job-lanes".into(),
+            self.job_lanes.to_string(),
             "--queue-delivery-limit".into(),
             self.queue_delivery_limit.to_string(),
             "--events-max-age".into(),

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use serde_json::{json, Map, Value};
@@ -15,6 +17,9 @@ use crate::config::{ByteSize, MaxAge, TopologyArgs};
 
 /// Routing key of job messages on the jobs exchange.
 pub const SUBMIT_KEY: &str = "submit";
+
+/// The header the lanes exchange hashes: a tenant's jobs all go to one lane.
+pub const LANE_HASH_HEADER: &str = "tenant_id";
 
 /// A queue argument value.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,12 +34,27 @@ pub enum Declaration {
     Exchange {
         name: String,
         kind: &'static str,
+        args: Vec<(&'static str, Arg)>,
     },
     Queue {
         name: String,
         args: Vec<(&'static str, Arg)>,
     },
+    /// `queue` receives what `exchange` routes with `key`.
     Binding {
+        queue: String,
+        exchange: String,
+        key: String,
+    },
+    /// Exchange `destination` receives what `exchange` routes with `key`.
+    ExchangeBinding {
+        destination: String,
+        exchange: String,
+        key: String,
+    },
+    /// A binding of an older topology that must no longer route (declaring removes it
+    /// when present; definitions for a new broker simply leave it out).
+    Unbinding {
         queue: String,
         exchange: String,
         key: String,
@@ -46,6 +66,7 @@ pub enum Declaration {
 pub struct Topology {
     prefix: String,
     max_length: u64,
+    lanes: u16,
     delivery_limit: u32,
     events_max_age: MaxAge,
     events_max_bytes: ByteSize,
@@ -63,6 +84,7 @@ impl Topology {
         Topology {
             prefix: args.amqp_prefix.clone(),
             max_length: args.queue_max_length,
+            lanes: args.job_lanes.max(1),
             delivery_limit: args.queue_delivery_limit,
             events_max_age: args.events_max_age.clone(),
             events_max_bytes: args.events_max_bytes,
@@ -85,9 +107,34 @@ impl Topology {
     pub fn jobs_exchange(&self) -> String {
         format!("{}.jobs", self.prefix)
     }
-    /// Quorum queue consumers take jobs from.
+    /// The queue of last resort: what the lanes exchange cannot route (its alternate
+    /// exchange's queue) and the jobs queued before the lanes existed. Consumers serve it
+    /// like a lane; normally it stays empty.
     pub fn work_queue(&self) -> String {
         format!("{}.jobs.work", self.prefix)
+    }
+    /// Consistent-hash exchange on [`LANE_HASH_HEADER`] behind the jobs exchange.
+    pub fn lanes_exchange(&self) -> String {
+        format!("{}.jobs.lanes", self.prefix)
+    }
+    /// Fanout exchange of what the lanes exchange routes nowhere (alternate exchange).
+    pub fn unrouted_exchange(&self) -> String {
+        format!("{}.jobs.unrouted", self.prefix)
+    }
+    /// How many lanes the work queue has.
+    pub fn lanes(&self) -> u16 {
+        self.lanes
+    }
+    /// Lane `n`'s quorum queue.
+    pub fn lane_queue(&self, n: u16) -> String {
+        format!("{}.jobs.work.{n}", self.prefix)
+    }
+    /// Every queue a consumer takes jobs from, in the order it serves them: the lanes,
+    /// then the queue of last resort.
+    pub fn job_queues(&self) -> Vec<String> {
+        let mut out: Vec<String> = (0..self.lanes).map(|n| self.lane_queue(n)).collect();
+        out.push(self.work_queue());
+        out
     }
     /// Delay queue for the next attempt after `delay`.
     pub fn retry_queue(&self, delay: Duration) -> String {
@@ -125,32 +172,68 @@ impl Topology {
     pub fn declarations(&self) -> Vec<Declaration> {
         use Arg::{Int, Str};
         let quorum = ("x-queue-type", Str("quorum".into()));
+        let work_args = vec![
+            quorum.clone(),
+            ("x-dead-letter-exchange", Str(self.dead_letter_exchange())),
+            ("x-dead-letter-strategy", Str("at-least-once".into())),
+            ("x-delivery-limit", Int(i64::from(self.delivery_limit))),
+            ("x-max-length", Int(self.max_length as i64)),
+            ("x-overflow", Str("reject-publish".into())),
+        ];
+        let fanout = |name: String| Declaration::Exchange {
+            name,
+            kind: "fanout",
+            args: vec![],
+        };
         let mut out = vec![
             Declaration::Exchange {
                 name: self.jobs_exchange(),
                 kind: "direct",
+                args: vec![],
             },
+            fanout(self.dead_letter_exchange()),
+            fanout(self.events_exchange()),
+            fanout(self.unrouted_exchange()),
             Declaration::Exchange {
-                name: self.dead_letter_exchange(),
-                kind: "fanout",
-            },
-            Declaration::Exchange {
-                name: self.events_exchange(),
-                kind: "fanout",
+                name: self.lanes_exchange(),
+                kind: "x-consistent-hash",
+                args: vec![
+                    ("hash-header", Str(LANE_HASH_HEADER.into())),
+                    ("alternate-exchange", Str(self.unrouted_exchange())),
+                ],
             },
             Declaration::Queue {
                 name: self.work_queue(),
-                args: vec![
-                    quorum.clone(),
-                    ("x-dead-letter-exchange", Str(self.dead_letter_exchange())),
-                    ("x-dead-letter-strategy", Str("at-least-once".into())),
-                    ("x-delivery-limit", Int(i64::from(self.delivery_limit))),
-                    ("x-max-length", Int(self.max_length as i64)),
-                    ("x-overflow", Str("reject-publish".into())),
-                ],
+                args: work_args.clone(),
+            },
+            // Before the lanes, the work queue took the jobs itself.
+            Declaration::Unbinding {
+                queue: self.work_queue(),
+                exchange: self.jobs_exchange(),
+                key: SUBMIT_KEY.into(),
             },
             Declaration::Binding {
                 queue: self.work_queue(),
+                exchange: self.unrouted_exchange(),
+                key: String::new(),
+            },
+        ];
+        for n in 0..self.lanes {
+            out.push(Declaration::Queue {
+                name: self.lane_queue(n),
+                args: work_args.clone(),
+            });
+            // The key is the lane's weight on the hash ring: every lane weighs the same.
+            out.push(Declaration::Binding {
+                queue: self.lane_queue(n),
+                exchange: self.lanes_exchange(),
+                key: "1".into(),
+            });
+        }
+        // Bound last, so that no job reaches the lanes exchange before its lanes exist.
+        out.extend([
+            Declaration::ExchangeBinding {
+                destination: self.lanes_exchange(),
                 exchange: self.jobs_exchange(),
                 key: SUBMIT_KEY.into(),
             },
@@ -182,10 +265,7 @@ impl Topology {
                 exchange: self.events_exchange(),
                 key: String::new(),
             },
-            Declaration::Exchange {
-                name: self.control_exchange(),
-                kind: "fanout",
-            },
+            fanout(self.control_exchange()),
             Declaration::Queue {
                 name: self.control_stream(),
                 args: vec![
@@ -206,7 +286,7 @@ impl Topology {
                 exchange: self.control_exchange(),
                 key: String::new(),
             },
-        ];
+        ]);
         for delay in &self.retry_delays {
             out.push(Declaration::Queue {
                 name: self.retry_queue(*delay),
@@ -230,29 +310,23 @@ impl Topology {
         use anyhow::Context;
         for decl in self.declarations() {
             match decl {
-                Declaration::Exchange { name, kind } => {
+                Declaration::Exchange { name, kind, args } => {
                     let kind = match kind {
                         "direct" => ExchangeKind::Direct,
-                        _ => ExchangeKind::Fanout,
+                        "fanout" => ExchangeKind::Fanout,
+                        other => ExchangeKind::Custom(other.into()),
                     };
                     let opts = ExchangeDeclareOptions {
                         durable: true,
                         ..Default::default()
                     };
                     channel
-                        .exchange_declare(name.as_str().into(), kind, opts, FieldTable::default())
+                        .exchange_declare(name.as_str().into(), kind, opts, field_table(args))
                         .await
-                        .with_context(|| format!("declaring exchange {name}"))?;
+                        .with_context(|| format!("declaring exchange {name} (an x-consistent-hash exchange needs the rabbitmq_consistent_hash_exchange plugin enabled)"))?;
                 }
                 Declaration::Queue { name, args } => {
-                    let mut table = FieldTable::default();
-                    for (k, v) in args {
-                        let v = match v {
-                            Arg::Int(i) => AMQPValue::LongLongInt(i),
-                            Arg::Str(s) => AMQPValue::LongString(LongString::from(s)),
-                        };
-                        table.insert(k.into(), v);
-                    }
+                    let table = field_table(args);
                     let opts = QueueDeclareOptions {
                         durable: true,
                         ..Default::default()
@@ -278,6 +352,38 @@ impl Topology {
                         .await
                         .with_context(|| format!("binding {queue} to {exchange}"))?;
                 }
+                Declaration::ExchangeBinding {
+                    destination,
+                    exchange,
+                    key,
+                } => {
+                    channel
+                        .exchange_bind(
+                            destination.as_str().into(),
+                            exchange.as_str().into(),
+                            key.as_str().into(),
+                            ExchangeBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await
+                        .with_context(|| format!("binding {destination} to {exchange}"))?;
+                }
+                Declaration::Unbinding {
+                    queue,
+                    exchange,
+                    key,
+                } => {
+                    // Removing a binding that does not exist is a no-op for the broker.
+                    channel
+                        .queue_unbind(
+                            queue.as_str().into(),
+                            exchange.as_str().into(),
+                            key.as_str().into(),
+                            FieldTable::default(),
+                        )
+                        .await
+                        .with_context(|| format!("unbinding {queue} from {exchange}"))?;
+                }
             }
         }
         Ok(())
@@ -289,26 +395,23 @@ impl Topology {
         let (mut exchanges, mut queues, mut bindings) = (vec![], vec![], vec![]);
         for decl in self.declarations() {
             match decl {
-                Declaration::Exchange { name, kind } => exchanges.push(json!({
+                Declaration::Exchange { name, kind, args } => exchanges.push(json!({
                     "name": name, "vhost": "/", "type": kind, "durable": true,
-                    "auto_delete": false, "internal": false, "arguments": {}
+                    "auto_delete": false, "internal": false, "arguments": json_args(args)
                 })),
-                Declaration::Queue { name, args } => {
-                    let arguments: Map<String, Value> = args
-                        .into_iter()
-                        .map(|(k, v)| {
-                            let v = match v {
-                                Arg::Int(i) => json!(i),
-                                Arg::Str(s) => json!(s),
-                            };
-                            (k.to_owned(), v)
-                        })
-                        .collect();
-                    queues.push(json!({
-                        "name": name, "vhost": "/", "durable": true,
-                        "auto_delete": false, "arguments": arguments
-                    }));
-                }
+                Declaration::Queue { name, args } => queues.push(json!({
+                    "name": name, "vhost": "/", "durable": true,
+                    "auto_delete": false, "arguments": json_args(args)
+                })),
+                Declaration::ExchangeBinding {
+                    destination,
+                    exchange,
+                    key,
+                } => bindings.push(json!({
+                    "source": exchange, "vhost": "/", "destination": destination,
+                    "destination_type": "exchange", "routing_key": key, "arguments": {}
+                })),
+                Declaration::Unbinding { .. } => {}
                 Declaration::Binding {
                     queue,
                     exchange,
@@ -323,6 +426,30 @@ impl Topology {
     }
 }
 
+fn field_table(args: Vec<(&'static str, Arg)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in args {
+        let v = match v {
+            Arg::Int(i) => AMQPValue::LongLongInt(i),
+            Arg::Str(s) => AMQPValue::LongString(LongString::from(s)),
+        };
+        table.insert(k.into(), v);
+    }
+    table
+}
+
+fn json_args(args: Vec<(&'static str, Arg)>) -> Map<String, Value> {
+    args.into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Arg::Int(i) => json!(i),
+                Arg::Str(s) => json!(s),
+            };
+            (k.to_owned(), v)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +462,12 @@ mod tests {
     fn names_follow_the_prefix() {
         let t = defaults();
         assert_eq!(t.work_queue(), "imagejobs.jobs.work");
+        assert_eq!(t.lane_queue(3), "imagejobs.jobs.work.3");
+        assert_eq!(
+            t.job_queues().len(),
+            17,
+            "16 lanes and the queue of last resort"
+        );
         assert_eq!(
             t.retry_queue(Duration::from_secs(30)),
             "imagejobs.jobs.retry.30s"

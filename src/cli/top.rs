@@ -64,11 +64,21 @@ struct Totals {
     reachable: usize,
 }
 
+/// The ingress's figures of one frame.
+#[derive(Default, Clone)]
+struct Frame {
+    totals: Totals,
+    /// Each tenant's unfinished jobs (queued, running, retrying), from the ingress's index.
+    tenants: Vec<(i64, [f64; 3])>,
+}
+
 pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let topo = Topology::new(&args.broker.topology);
     let conn = super::dead::connect(&args.broker).await?;
     let mut ch = None;
-    let mut queues = vec![topo.work_queue()];
+    // The lanes first (shown as one row and their busy ones), then the queue of last resort.
+    let lanes = usize::from(topo.lanes());
+    let mut queues = topo.job_queues();
     queues.extend(topo.retry_delays().iter().map(|d| topo.retry_queue(*d)));
     queues.push(topo.dead_queue());
 
@@ -99,7 +109,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         let totals = totals(&http, &args).await;
         let now = Instant::now();
         if !args.once || before.is_some() {
-            let frame = render(&args, &queues, &depths, totals, before, &recent);
+            let frame = render(&args, (lanes, &queues), &depths, &totals, before, &recent);
             if tty && !args.once {
                 print!("\x1b[2J\x1b[H");
             }
@@ -108,7 +118,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         }
-        before = Some((now, totals));
+        before = Some((now, totals.totals));
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
@@ -193,10 +203,44 @@ fn sum(text: &str, name: &str, label: Option<&str>) -> f64 {
         .sum()
 }
 
-async fn totals(http: &reqwest::Client, args: &TopArgs) -> Totals {
-    let mut t = Totals::default();
+/// Each tenant's `imagejobs_tenant_jobs` samples, the largest backlog first.
+fn tenants(text: &str) -> Vec<(i64, [f64; 3])> {
+    const NAME: &str = "imagejobs_tenant_jobs{";
+    let mut by: std::collections::BTreeMap<i64, [f64; 3]> = Default::default();
+    for line in text.lines().filter(|l| l.starts_with(NAME)) {
+        let label = |key: &str| {
+            let at = line.find(&format!("{key}=\""))? + key.len() + 2;
+            line[at..].split('"').next()
+        };
+        let (Some(tenant), Some(status), Some(value)) = (
+            label("tenant_id").and_then(|t| t.parse::<i64>().ok()),
+            label("status"),
+            line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        let slot = match status {
+            "QUEUED" => 0,
+            "RUNNING" => 1,
+            "RETRYING" => 2,
+            _ => continue,
+        };
+        by.entry(tenant).or_default()[slot] += value;
+    }
+    let mut out: Vec<_> = by.into_iter().collect();
+    out.sort_by(|a, b| {
+        let total = |x: &[f64; 3]| x.iter().sum::<f64>();
+        total(&b.1).total_cmp(&total(&a.1)).then(a.0.cmp(&b.0))
+    });
+    out
+}
+
+async fn totals(http: &reqwest::Client, args: &TopArgs) -> Frame {
+    let mut frame = Frame::default();
+    let t = &mut frame.totals;
     let ingress = format!("{}/metrics", args.url.trim_end_matches('/'));
     if let Some(text) = scrape(http, &ingress).await {
+        frame.tenants = tenants(&text);
         t.reachable += 1;
         t.accepted = sum(
             &text,
@@ -219,31 +263,61 @@ async fn totals(http: &reqwest::Client, args: &TopArgs) -> Totals {
             t.in_flight += sum(&text, "imagejobs_jobs_in_flight", None);
         }
     }
-    t
+    frame
 }
+
+/// Tenants listed in a frame, at most.
+const TENANT_ROWS: usize = 10;
 
 fn render(
     args: &TopArgs,
-    queues: &[String],
+    (lanes, queues): (usize, &[String]),
     depths: &[Option<(u32, u32)>],
-    now: Totals,
+    frame: &Frame,
     before: Option<(Instant, Totals)>,
     recent: &Mutex<VecDeque<StatusEvent>>,
 ) -> String {
     use std::fmt::Write;
+    let now = frame.totals;
     let mut s = String::new();
     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let _ = writeln!(s, "imagejobs top  {when}  (Ctrl-C quits)\n");
     let _ = writeln!(s, "{:<48} {:>9} {:>9}", "queue", "ready", "consumers");
-    for (q, d) in queues.iter().zip(depths) {
-        match d {
-            Some((ready, consumers)) => {
-                let _ = writeln!(s, "{q:<48} {ready:>9} {consumers:>9}");
-            }
-            None => {
-                let _ = writeln!(s, "{q:<48} {:>9} {:>9}", "?", "?");
-            }
+    let row = |s: &mut String, q: &str, d: &Option<(u32, u32)>| match d {
+        Some((ready, consumers)) => writeln!(s, "{q:<48} {ready:>9} {consumers:>9}"),
+        None => writeln!(s, "{q:<48} {:>9} {:>9}", "?", "?"),
+    };
+    let lanes = lanes.min(queues.len());
+    let lane_depths = &depths[..lanes.min(depths.len())];
+    let all: Option<Vec<(u32, u32)>> = lane_depths.iter().copied().collect();
+    let total = all.map(|v| {
+        let ready = v.iter().map(|d| d.0).sum();
+        (ready, v.first().map_or(0, |d| d.1))
+    });
+    let name = format!("work queue, {lanes} lanes");
+    let _ = row(&mut s, &name, &total);
+    // Only the lanes with jobs waiting: which tenants' lanes are busy.
+    for (q, d) in queues.iter().zip(lane_depths) {
+        if d.is_none_or(|d| d.0 > 0) {
+            let _ = row(&mut s, &format!("  {q}"), d);
         }
+    }
+    for (q, d) in queues.iter().zip(depths).skip(lanes) {
+        let _ = row(&mut s, q, d);
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<16} {:>9} {:>9} {:>9}",
+        "tenant backlog", "queued", "running", "retrying"
+    );
+    if frame.tenants.is_empty() {
+        let _ = writeln!(s, "  (no unfinished jobs)");
+    }
+    for (tenant, [q, r, t]) in frame.tenants.iter().take(TENANT_ROWS) {
+        let _ = writeln!(s, "{:<16} {q:>9} {r:>9} {t:>9}", format!("  {tenant}"));
+    }
+    if frame.tenants.len() > TENANT_ROWS {
+        let _ = writeln!(s, "  … and {} more", frame.tenants.len() - TENANT_ROWS);
     }
     let rate = |f: fn(&Totals) -> f64| match before {
         Some((at, b)) => {
@@ -292,6 +366,18 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenant_backlogs_from_the_ingress_metrics_largest_first() {
+        let text = "imagejobs_tenant_jobs{tenant_id=\"7\",status=\"QUEUED\"} 40\n\
+                    imagejobs_tenant_jobs{tenant_id=\"3\",status=\"QUEUED\"} 4960\n\
+                    imagejobs_tenant_jobs{tenant_id=\"3\",status=\"RUNNING\"} 8\n\
+                    imagejobs_tenant_jobs{tenant_id=\"x\",status=\"QUEUED\"} 1\n";
+        assert_eq!(
+            tenants(text),
+            vec![(3, [4960.0, 8.0, 0.0]), (7, [40.0, 0.0, 0.0])]
+        );
+    }
 
     #[test]
     fn sums_the_samples_of_a_family() {

@@ -70,7 +70,7 @@ pub async fn favicon(State(app): State<AppState>) -> Response {
     file(&app, "image/svg+xml", FAVICON_SVG)
 }
 
-/// The work queue's depth and consumers, asked of the broker at most once a second
+/// The work queue's depth (over its lanes) and consumers, asked of the broker at most once a second
 /// however many dashboards poll.
 #[derive(Default)]
 pub struct QueueDepth {
@@ -90,11 +90,19 @@ impl QueueDepth {
                 return depth;
             }
         }
-        let queue = app.broker.topology().work_queue();
-        let depth = tokio::time::timeout(DEPTH_TTL * 2, app.broker.queue_depth(&queue))
+        // Every lane and the queue of last resort: one figure for the work queue.
+        let queues = app.broker.topology().job_queues();
+        let depth = tokio::time::timeout(DEPTH_TTL * 2, app.broker.queue_depths(&queues))
             .await
             .ok()
-            .flatten();
+            .and_then(|lanes| {
+                let known: Option<Vec<Depth>> = lanes.into_iter().collect();
+                let known = known?;
+                let ready = known.iter().map(|d| d.0).sum();
+                // Each consumer serves every lane: the first lane's count is theirs.
+                let consumers = known.first().map_or(0, |d| d.1);
+                Some((ready, consumers))
+            });
         *last = Some((Instant::now(), depth));
         depth
     }
@@ -110,6 +118,8 @@ pub async fn stats(
     Ok(Json(json!({
         "queue_depth": depth.map(|d| d.0),
         "consumers": depth.map(|d| d.1),
+        "lanes": app.broker.topology().lanes(),
+        "backlog": app.index.backlog(caller.tenant_id),
         "bucket_secs": crate::index::BUCKET_SECS,
         "completed": completed,
         "failed": failed,

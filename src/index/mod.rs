@@ -13,6 +13,7 @@
 //! Records are kept compact (60 bytes with their key; texts and owners beside them)
 //! because an ingress holds every job of the stream's retention window.
 
+mod backlog;
 pub mod follow;
 mod location;
 mod order;
@@ -34,6 +35,8 @@ use serde::Serialize;
 
 use imagejobs_core::ids::{ClientId, JobId, Md5, TenantId};
 use imagejobs_core::status::{Status, StatusEvent};
+
+pub use backlog::Backlog;
 
 const SHARDS: usize = 32;
 
@@ -136,6 +139,8 @@ pub struct JobIndex {
 struct Shard {
     records: table::Table<Record>,
     texts: HashMap<JobId, Box<str>>,
+    /// Its unfinished jobs by owner and status, kept with every change of a record.
+    backlog: backlog::ShardBacklog,
 }
 
 struct Inner {
@@ -441,6 +446,12 @@ impl JobIndex {
             return false;
         };
         let created_now = current.is_none();
+        if let Some(was) = current.map(|r| (r.owner, r.status)) {
+            shard.backlog.leave(was.0, was.1);
+        }
+        shard
+            .backlog
+            .enter(merged.record.owner, merged.record.status);
         if let Some(rec) = shard
             .records
             .get_or_insert_with(ev.job_id, || merged.record.clone())
@@ -585,7 +596,7 @@ impl JobIndex {
             let mut guard = shard.write().unwrap_or_else(|p| p.into_inner());
             let shard = &mut *guard;
             let before = shard.records.len();
-            let texts = &mut shard.texts;
+            let (texts, backlog) = (&mut shard.texts, &mut shard.backlog);
             shard.records.retain(|id, r| {
                 let keep =
                     r.updated_ms() >= cutoff_ms || (finished_only && !r.status.is_terminal());
@@ -593,6 +604,7 @@ impl JobIndex {
                     texts.remove(id);
                 }
                 if !keep {
+                    backlog.leave(r.owner, r.status);
                     gone.insert(*id);
                 }
                 keep
@@ -601,6 +613,35 @@ impl JobIndex {
         }
         self.inner.order.remove(&gone, cutoff_ms);
         evicted
+    }
+
+    /// Every tenant's unfinished jobs (tenants with none are left out), by tenant.
+    pub fn backlogs(&self) -> Vec<(TenantId, Backlog)> {
+        let mut by_owner: HashMap<u32, Backlog> = HashMap::new();
+        for shard in &self.inner.shards {
+            let s = shard.read().unwrap_or_else(|p| p.into_inner());
+            for (owner, b) in s.backlog.iter() {
+                by_owner.entry(*owner).or_default().add(b);
+            }
+        }
+        let mut by_tenant: HashMap<TenantId, Backlog> = HashMap::new();
+        for (owner, b) in by_owner {
+            if let Some(tenant) = self.inner.owners.tenant(owner) {
+                by_tenant.entry(tenant).or_default().add(&b);
+            }
+        }
+        let mut out: Vec<_> = by_tenant.into_iter().collect();
+        out.sort_by_key(|(t, _)| t.0);
+        out
+    }
+
+    /// `tenant`'s unfinished jobs.
+    pub fn backlog(&self, tenant: TenantId) -> Backlog {
+        self.backlogs()
+            .into_iter()
+            .find(|(t, _)| *t == tenant)
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -794,6 +835,37 @@ mod tests {
         let cursor = page.next.unwrap();
         assert_eq!(cursor.to_string().parse::<Cursor>(), Ok(cursor));
         assert!("nope".parse::<Cursor>().is_err());
+    }
+
+    #[test]
+    fn backlog_counts_each_tenants_unfinished_jobs() {
+        let idx = JobIndex::new();
+        let (a, b, c) = (JobId::new(), JobId::new(), JobId::new());
+        idx.apply(&ev(a, Status::Queued, 1));
+        idx.apply(&ev(b, Status::Queued, 1));
+        idx.apply(&ev(b, Status::Running, 1));
+        let mut other = ev(c, Status::Queued, 1);
+        other.tenant_id = TenantId(9);
+        idx.apply(&other);
+        idx.apply(&ev(b, Status::Queued, 1)); // late: changes nothing
+        let mine = Backlog {
+            queued: 1,
+            running: 1,
+            retrying: 0,
+        };
+        assert_eq!(idx.backlog(TenantId(1)), mine);
+        assert_eq!(idx.backlog(TenantId(9)).queued, 1);
+        idx.apply(&ev(b, Status::Retrying, 1));
+        idx.apply(&ev(b, Status::Running, 2));
+        idx.apply(&ev(b, Status::Success, 2));
+        idx.apply(&ev(a, Status::Cancelled, 1));
+        assert_eq!(
+            idx.backlogs(),
+            vec![(TenantId(9), idx.backlog(TenantId(9)))]
+        );
+        let old = SystemTime::now() + Duration::from_secs(60);
+        idx.evict_older_than(old);
+        assert!(idx.backlogs().is_empty(), "evicted jobs leave the counts");
     }
 
     #[test]

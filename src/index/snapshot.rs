@@ -460,6 +460,7 @@ fn fill_shard(
             return Err(SnapshotError::Corrupt("a record refers to nothing"));
         }
         order.push((owners[r.owner as usize].0, r.created_ms(), id));
+        shard.backlog.enter(r.owner, r.status);
         // The checksum vouches that these are the writer's records, one slot a job.
         shard.records.insert_new(id, r);
     }
@@ -609,6 +610,8 @@ mod tests {
             .is_some_and(|l| l.starts_with("s3:"))));
         assert_eq!(back.len(), idx.len());
         same(&idx, &back, &ids);
+        assert_eq!(back.backlogs(), idx.backlogs(), "the tenants' backlogs");
+        assert!(!idx.backlogs().is_empty());
         // And it goes on from there: a later event applies as it would have.
         let (id, _) = ids[2];
         let meta = JobMeta {

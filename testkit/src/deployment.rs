@@ -113,12 +113,16 @@ impl Deployment {
     /// first, or they declare it all again).
     pub async fn remove(&self, conn: &Connection) {
         let t = &self.topology;
-        let mut queues = vec![t.work_queue(), t.dead_queue(), t.events_stream()];
+        let mut queues = t.job_queues();
+        queues.extend([t.dead_queue(), t.events_stream(), t.control_stream()]);
         queues.extend(t.retry_delays().iter().map(|d| t.retry_queue(*d)));
         let exchanges = [
             t.jobs_exchange(),
+            t.lanes_exchange(),
+            t.unrouted_exchange(),
             t.dead_letter_exchange(),
             t.events_exchange(),
+            t.control_exchange(),
         ];
         let Ok(mut ch) = conn.create_channel().await else {
             return;
@@ -188,6 +192,35 @@ pub async fn queue_len(ch: &Channel, queue: &str) -> u32 {
         .await
         .expect("queue exists");
     q.message_count()
+}
+
+/// Ready jobs over the work queue's lanes and its queue of last resort.
+pub async fn jobs_len(ch: &Channel, topo: &Topology) -> u32 {
+    let mut n = 0;
+    for q in topo.job_queues() {
+        n += queue_len(ch, &q).await;
+    }
+    n
+}
+
+/// One job message from whichever lane of the work queue has one (a tenant's lane is the
+/// broker's hash to choose), polling up to `deadline`; taken without an ack.
+pub async fn get_job(ch: &Channel, topo: &Topology, deadline: Duration) -> BasicGetMessage {
+    let queues = topo.job_queues();
+    eventually(deadline, "a job in the work queue's lanes", || async {
+        for q in &queues {
+            let got = ch
+                .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .ok()
+                .flatten();
+            if got.is_some() {
+                return got;
+            }
+        }
+        None
+    })
+    .await
 }
 
 /// Waits until `queue` has at least `n` consumers, polling, up to `deadline`.

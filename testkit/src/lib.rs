@@ -43,7 +43,7 @@ pub mod tls;
 
 use std::time::Duration;
 
-pub use deployment::{amqp_urls, get_one, queue_len, Deployment};
+pub use deployment::{amqp_urls, get_job, get_one, jobs_len, queue_len, Deployment};
 pub use events::{all_events, statuses_of, EventReader};
 pub use pipeline::{Pipeline, TestConsumer, TestIngress};
 pub use poll::{eventually, try_eventually};

@@ -54,7 +54,7 @@ async fn a_queued_job_cancelled_before_any_consumer_starts_never_reaches_the_wor
     assert_eq!(status(&ing, &cancelled).await, "CANCELLED");
     let (_conn, ch) = p.deployment.channel().await;
     assert_eq!(queue_len(&ch, &p.deployment.topology.dead_queue()).await, 0);
-    assert_eq!(queue_len(&ch, &p.deployment.topology.work_queue()).await, 0);
+    assert_eq!(jobs_len(&ch, &p.deployment.topology).await, 0);
 
     // Every replica, also one started later, shows it CANCELLED.
     let replica = p.ingress().await;

@@ -45,7 +45,7 @@ async fn images_from_the_threshold_up_travel_by_reference() {
 
     let below = png_of(69_999);
     let id = ing.submit_id(&below).await;
-    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    let msg = get_job(&ch, topo, T).await;
     assert_eq!(
         msg.delivery.data, below,
         "just below the threshold: in the body"
@@ -62,7 +62,7 @@ async fn images_from_the_threshold_up_travel_by_reference() {
         .expect("stored at the job id before the 202");
     assert_eq!(&stored[..], &at[..]);
     assert_eq!(ct, "image/png");
-    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    let msg = get_job(&ch, topo, T).await;
     assert!(
         msg.delivery.data.is_empty(),
         "at the threshold: an empty body"
@@ -104,7 +104,7 @@ async fn images_from_the_threshold_up_travel_by_reference() {
             .map(|c| c.as_str()),
         Some("image/png")
     );
-    assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0);
+    assert_eq!(jobs_len(&ch, topo).await, 0);
 
     // With a consumer, both kinds succeed, and a reference is not stored again.
     let consumer = p.consumer().await;
@@ -157,7 +157,7 @@ async fn zero_sends_every_image_by_reference_and_above_the_limit_none() {
         .await;
     let tiny = png(4, 4);
     let id = all.submit_id(&tiny).await;
-    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    let msg = get_job(&ch, topo, T).await;
     assert_reference(&msg, &tiny, &format!("{}/blob/{id}", p.stubs.blob_url));
     let (stored, _) = p.stubs.blob(&id).expect("0: even a tiny image is stored");
     assert_eq!(&stored[..], &tiny[..]);
@@ -169,7 +169,7 @@ async fn zero_sends_every_image_by_reference_and_above_the_limit_none() {
         .await;
     let large = png_of(500_000);
     let id = none.submit_id(&large).await;
-    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    let msg = get_job(&ch, topo, T).await;
     assert_eq!(msg.delivery.data, large, "off: over 64 KiB, in the body");
     assert!(header(&msg, "payload_location").is_none());
     assert!(p.stubs.blob(&id).is_none());
@@ -186,7 +186,7 @@ async fn zero_sends_every_image_by_reference_and_above_the_limit_none() {
         })
         .await;
     let id = at_max.submit_id(&edge).await;
-    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    let msg = get_job(&ch, topo, T).await;
     assert_reference(&msg, &edge, &format!("{}/blob/{id}", p.stubs.blob_url));
     at_max.stop().await;
     let above_max = p
@@ -196,10 +196,10 @@ async fn zero_sends_every_image_by_reference_and_above_the_limit_none() {
         })
         .await;
     let id = above_max.submit_id(&edge).await;
-    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    let msg = get_job(&ch, topo, T).await;
     assert_eq!(msg.delivery.data, edge, "above MAX_BODY_BYTES: off");
     assert!(p.stubs.blob(&id).is_none());
-    assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0);
+    assert_eq!(jobs_len(&ch, topo).await, 0);
 }
 
 /// A blob service that answers every PUT with `status` (0: hangs for 3 s, longer than
@@ -413,8 +413,8 @@ async fn a_blob_service_that_fails_gets_503_or_502_and_nothing_is_published() {
         assert_eq!(ids, vec![good.clone()], "only the good job");
     }
     let (_c, ch) = p.deployment.channel().await;
-    let work = p.deployment.topology.work_queue();
-    let msg = get_one(&ch, &work, T).await;
+    let topo = &p.deployment.topology;
+    let msg = get_job(&ch, topo, T).await;
     assert_eq!(
         msg.delivery
             .properties
@@ -423,7 +423,7 @@ async fn a_blob_service_that_fails_gets_503_or_502_and_nothing_is_published() {
             .map(|s| s.as_str()),
         Some(good.as_str())
     );
-    assert_eq!(queue_len(&ch, &work).await, 0, "nothing else published");
+    assert_eq!(jobs_len(&ch, topo).await, 0, "nothing else published");
 }
 
 async fn accepted_id(resp: reqwest::Response) -> String {
@@ -454,10 +454,10 @@ async fn a_keyed_submit_by_reference_twice_is_one_job() {
     assert_eq!(&stored[..], &img[..]);
     let (_c, ch) = p.deployment.channel().await;
     let topo = &p.deployment.topology;
-    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    let msg = get_job(&ch, topo, T).await;
     assert_eq!(message_id(&msg).as_deref(), Some(first.as_str()));
     assert_reference(&msg, &img, &format!("{}/blob/{first}", p.stubs.blob_url));
-    assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0, "one message");
+    assert_eq!(jobs_len(&ch, topo).await, 0, "one message");
 }
 
 #[tokio::test]
@@ -485,10 +485,10 @@ async fn a_keyed_submit_retried_after_a_503_makes_one_job() {
     assert_eq!(&stored[..], &img[..]);
     let (_c, ch) = p.deployment.channel().await;
     let topo = &p.deployment.topology;
-    let msg = get_one(&ch, &topo.work_queue(), T).await;
+    let msg = get_job(&ch, topo, T).await;
     assert_eq!(message_id(&msg).as_deref(), Some(id.as_str()));
     assert_reference(&msg, &img, &format!("{}/blob/{id}", p.stubs.blob_url));
-    assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0, "one message");
+    assert_eq!(jobs_len(&ch, topo).await, 0, "one message");
     let listed = eventually(T, "the job listed", || async {
         let (_, page) = ing.get_json("/api/v1/jobs", 1).await;
         let jobs = page["jobs"].as_array()?.clone();

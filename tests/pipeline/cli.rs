@@ -218,6 +218,7 @@ async fn top_shows_queues_rates_and_recent_failures() {
     .await;
     let topo = &p.deployment.topology;
     assert!(out.contains(&topo.work_queue()), "{out}");
+    assert!(out.contains("work queue, 16 lanes"), "{out}");
     assert!(out.contains(&topo.dead_queue()), "{out}");
     let dead_line = out
         .lines()

@@ -16,7 +16,8 @@ async fn every_queue_and_the_stream_replicate_to_every_node() {
     let _ing = p.ingress().await; // declares the topology
     let nodes = broker_nodes();
     let topo = &p.deployment.topology;
-    let mut quorum = vec![topo.work_queue(), topo.dead_queue()];
+    let mut quorum = topo.job_queues();
+    quorum.push(topo.dead_queue());
     quorum.extend(topo.retry_delays().iter().map(|d| topo.retry_queue(*d)));
     let vhost = p.deployment.urls.0[0].vhost();
     for queue in &quorum {

@@ -177,7 +177,7 @@ async fn a_worker_failure_is_a_result_not_a_dead_letter() {
     let (_c, ch) = p.deployment.channel().await;
     let topo = &p.deployment.topology;
     assert_eq!(queue_len(&ch, &topo.dead_queue()).await, 0);
-    assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0);
+    assert_eq!(jobs_len(&ch, topo).await, 0);
     consumer.stop().await;
 }
 
@@ -299,11 +299,7 @@ async fn invalid_messages_go_to_the_dead_queue_with_a_reason() {
         let job = ing.wait_terminal(id, 5, T).await;
         assert_eq!(job["status"], "FAILED");
     }
-    assert_eq!(
-        queue_len(&ch, &topo.work_queue()).await,
-        0,
-        "nothing requeued in a loop"
-    );
+    assert_eq!(jobs_len(&ch, topo).await, 0, "nothing requeued in a loop");
     consumer.stop().await;
 }
 
@@ -404,7 +400,7 @@ async fn the_broker_refuses_a_message_over_its_max_message_size() {
     assert!(refused.to_string().contains("max size"), "{refused}");
     // The connection lives on, and nothing reached the queue.
     let ch = conn.create_channel().await.unwrap();
-    assert_eq!(queue_len(&ch, &topo.work_queue()).await, 0);
+    assert_eq!(jobs_len(&ch, topo).await, 0);
 }
 
 #[tokio::test]

@@ -68,9 +68,5 @@ async fn sigterm_drains_jobs_in_flight_and_exits_0() {
         "the job in flight was finished before exit"
     );
     let (_c, ch) = p.deployment.channel().await;
-    assert_eq!(
-        queue_len(&ch, &p.deployment.topology.work_queue()).await,
-        0,
-        "and acked"
-    );
+    assert_eq!(jobs_len(&ch, &p.deployment.topology).await, 0, "and acked");
 }

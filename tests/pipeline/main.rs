@@ -10,6 +10,7 @@ mod cluster;
 mod consumer;
 mod crash;
 mod dashboard;
+mod fair_share;
 mod hostile;
 mod index;
 mod listing;

@@ -238,7 +238,7 @@ async fn an_accepted_job_sits_in_the_work_queue_as_specified() {
 
     let (_conn, ch) = p.deployment.channel().await;
     let topo = &p.deployment.topology;
-    let msg = get_one(&ch, &topo.work_queue(), Duration::from_secs(5)).await;
+    let msg = get_job(&ch, topo, Duration::from_secs(5)).await;
     let props = &msg.delivery.properties;
     assert_eq!(msg.delivery.data, img, "body is the raw image bytes");
     assert_eq!(props.delivery_mode(), &Some(2));
@@ -314,15 +314,15 @@ async fn idempotency_key_gives_one_id_and_one_message() {
     assert_ne!(a, d, "keys are per tenant");
 
     let (_conn, ch) = p.deployment.channel().await;
-    let q = p.deployment.topology.work_queue();
+    let topo = &p.deployment.topology;
     eventually(
         Duration::from_secs(5),
         "two messages in the work queue",
-        || async { (queue_len(&ch, &q).await == 2).then_some(()) },
+        || async { (jobs_len(&ch, topo).await == 2).then_some(()) },
     )
     .await;
-    let m1 = get_one(&ch, &q, Duration::from_secs(2)).await;
-    let m2 = get_one(&ch, &q, Duration::from_secs(2)).await;
+    let m1 = get_job(&ch, topo, Duration::from_secs(2)).await;
+    let m2 = get_job(&ch, topo, Duration::from_secs(2)).await;
     let mut ids = vec![
         m1.delivery
             .properties
@@ -378,10 +378,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
     assert!(resp.headers().get("retry-after").is_some());
     error_of(resp, 503).await;
     let (_conn, ch) = p.deployment.channel().await;
-    assert_eq!(
-        queue_len(&ch, &p.deployment.topology.work_queue()).await,
-        accepted
-    );
+    assert_eq!(jobs_len(&ch, &p.deployment.topology).await, accepted);
 }
 
 #[tokio::test]

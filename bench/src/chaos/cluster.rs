@@ -81,6 +81,12 @@ impl Cluster {
 
     /// The node (1-based) that leads `queue`.
     pub async fn leader_of(&self, queue: &str) -> anyhow::Result<usize> {
+        self.leader_of_most(&[queue.to_owned()]).await
+    }
+
+    /// The node that leads the most of `queues` (the work queue's lanes spread their
+    /// leaders over the nodes).
+    pub async fn leader_of_most(&self, queues: &[String]) -> anyhow::Result<usize> {
         let out = self
             .run(
                 &[
@@ -99,12 +105,22 @@ impl Cluster {
             .await?;
         let rows: Vec<serde_json::Value> =
             serde_json::from_str(&out).context("reading list_queues' JSON")?;
-        let leader = rows
-            .iter()
-            .find(|r| r["name"] == queue)
-            .and_then(|r| r["leader"].as_str())
-            .with_context(|| format!("{queue} has no leader in {out}"))?;
-        node_index(leader).with_context(|| format!("which node is {leader}?"))
+        let mut led: std::collections::BTreeMap<usize, usize> = Default::default();
+        for r in &rows {
+            let name = r["name"].as_str().unwrap_or_default();
+            if !queues.iter().any(|q| q == name) {
+                continue;
+            }
+            let leader = r["leader"]
+                .as_str()
+                .with_context(|| format!("{name} has no leader in {out}"))?;
+            let node = node_index(leader).with_context(|| format!("which node is {leader}?"))?;
+            *led.entry(node).or_default() += 1;
+        }
+        led.into_iter()
+            .max_by_key(|&(node, n)| (n, std::cmp::Reverse(node)))
+            .map(|(node, _)| node)
+            .with_context(|| format!("none of {queues:?} in {out}"))
     }
 
     /// Puts node `i` in a memory alarm (`on`) or takes it out.

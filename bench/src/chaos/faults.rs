@@ -185,8 +185,8 @@ impl Target<'_> {
                 Ok("node 1 of 1".into())
             }
             Fault::LeaderNodeStop => {
-                let queue = self.fleet.deployment.topology.work_queue();
-                let node = self.cluster.leader_of(&queue).await?;
+                let lanes = self.fleet.deployment.topology.job_queues();
+                let node = self.cluster.leader_of_most(&lanes).await?;
                 self.stop_and_start(node).await?;
                 Ok(format!("node {node} of {}", self.cluster.nodes()))
             }

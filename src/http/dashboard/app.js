@@ -619,7 +619,13 @@
 
   function renderStats(s) {
     $("queue-depth").textContent = fmtCount(s.queue_depth);
-    $("consumers").textContent = `consumers: ${fmtCount(s.consumers)}`;
+    const lanes = Number.isFinite(s.lanes) && s.lanes > 1 ? ` · ${s.lanes} lanes` : "";
+    $("consumers").textContent = `consumers: ${fmtCount(s.consumers)}${lanes}`;
+    // The caller's own unfinished jobs: the queue depth mixes every tenant's.
+    const b = s.backlog || {};
+    $("backlog").textContent = fmtCount(sum(nums([b.queued, b.running, b.retrying])));
+    $("backlog-detail").textContent =
+      `${fmtCount(b.queued)} queued · ${fmtCount(b.running)} running · ${fmtCount(b.retrying)} retrying`;
     const perMinute = Math.max(1, Math.round(60 / (s.bucket_secs > 0 ? s.bucket_secs : 10)));
     const done = nums(s.completed), failed = nums(s.failed);
     $("failed-rate").textContent = `${sum(failed.slice(-perMinute))} failed/min · ${sum(done)} done in 5 min`;
