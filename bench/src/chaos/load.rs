@@ -46,6 +46,22 @@ pub struct Accepted {
     /// Bytes of the image submitted: with the ingress's threshold, whether it went by
     /// reference.
     pub bytes: usize,
+    pub tenant: i64,
+}
+
+/// The heavy tenant: three HTTP submits of four.
+pub const HEAVY_TENANT: i64 = 1;
+/// The light tenant: every fourth HTTP submit, and every direct publish (so that its jobs
+/// take both ways in, in their own lane unless the hash puts them with the heavy one).
+pub const LIGHT_TENANT: i64 = 2;
+
+/// The tenant of HTTP submit `n`.
+fn tenant_of_submit(n: usize) -> i64 {
+    if n % 4 == 3 {
+        LIGHT_TENANT
+    } else {
+        HEAVY_TENANT
+    }
 }
 
 #[derive(Default)]
@@ -78,7 +94,8 @@ pub struct Load {
 pub struct LoadConfig {
     pub ingress_urls: Vec<String>,
     pub ready: Readiness,
-    pub token: String,
+    /// A bearer token of each tenant.
+    pub tokens: std::collections::HashMap<i64, String>,
     /// HTTP submits per second, over all replicas.
     pub http_rate: f64,
     /// Direct AMQP publishes per second.
@@ -171,12 +188,14 @@ async fn submit(ledger: SharedLedger, config: Arc<LoadConfig>, n: usize) {
             .push("the load has no image to send".into());
         return;
     };
+    let tenant = tenant_of_submit(n);
+    let token = config.tokens.get(&tenant).cloned().unwrap_or_default();
     loop {
         let url = format!("{}/api/v1/job", urls[replica]);
         let sent = config
             .http
             .post(&url)
-            .bearer_auth(&config.token)
+            .bearer_auth(&token)
             .header("content-type", "image/png")
             .header("idempotency-key", &key)
             .timeout(Duration::from_secs(10))
@@ -194,8 +213,9 @@ async fn submit(ledger: SharedLedger, config: Arc<LoadConfig>, n: usize) {
                             at: now,
                             via: Via::Http,
                             bytes: image.len(),
+                            tenant,
                         });
-                        watch_visibility(ledger, config, id, now).await;
+                        watch_visibility(ledger, config, token, id, now).await;
                     }
                     None => lock(&ledger)
                         .unexpected
@@ -227,14 +247,16 @@ async fn submit(ledger: SharedLedger, config: Arc<LoadConfig>, n: usize) {
 
 /// Polls every replica until it knows `id`; records the slowest, not counting time a
 /// replica spent down or restarting.
-async fn watch_visibility(ledger: SharedLedger, config: Arc<LoadConfig>, id: JobId, at: Instant) {
+async fn watch_visibility(
+    ledger: SharedLedger,
+    config: Arc<LoadConfig>,
+    token: String,
+    id: JobId,
+    at: Instant,
+) {
     let polls = config.ingress_urls.iter().enumerate().map(|(r, base)| {
         let url = format!("{base}/api/v1/job/{id}");
-        let (http, token, ready) = (
-            config.http.clone(),
-            config.token.clone(),
-            config.ready.clone(),
-        );
+        let (http, token, ready) = (config.http.clone(), token.clone(), config.ready.clone());
         async move {
             let end = at + VISIBLE_WITHIN;
             loop {
@@ -274,7 +296,7 @@ async fn watch_visibility(ledger: SharedLedger, config: Arc<LoadConfig>, id: Job
 async fn publish(ledger: SharedLedger, broker: Broker, exchange: String, image: Bytes) {
     let meta = JobMeta {
         id: JobId::new(),
-        tenant_id: TenantId(1),
+        tenant_id: TenantId(LIGHT_TENANT),
         client_id: ClientId(2),
         content_type: Some("image/png".into()),
         md5: Some(Md5::of(&image)),
@@ -295,6 +317,7 @@ async fn publish(ledger: SharedLedger, broker: Broker, exchange: String, image: 
                     at: now,
                     via: Via::Direct,
                     bytes: image.len(),
+                    tenant: LIGHT_TENANT,
                 });
                 return;
             }

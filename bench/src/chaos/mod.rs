@@ -178,12 +178,18 @@ pub async fn run(
         }
         let mut reader = EventReader::start(&deployment, Start::First).await;
         let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
+        // Two tenants' load (fair share): their jobs meet in the lanes.
+        let tokens: std::collections::HashMap<i64, String> =
+            [load::HEAVY_TENANT, load::LIGHT_TENANT]
+                .into_iter()
+                .map(|t| (t, token_with(SECRET, t, 1)))
+                .collect();
         let load = Load::start(
             ledger.clone(),
             LoadConfig {
                 ingress_urls: fleet.ingress_urls(),
                 ready: fleet.ready.clone(),
-                token: token_with(SECRET, 1, 1),
+                tokens: tokens.clone(),
                 http_rate: args.http_rate,
                 direct_rate: args.direct_rate,
                 images: vec![small.clone(), large.clone()],
@@ -233,7 +239,7 @@ pub async fn run(
             deployment: &deployment,
             ingress_urls: &target.fleet.ingress_urls(),
             http: &http,
-            token: &token_with(SECRET, 1, 1),
+            tokens: &tokens,
             stubs: &stubs,
             reader: &mut reader,
             ledger: &ledger,

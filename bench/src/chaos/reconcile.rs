@@ -56,7 +56,8 @@ pub struct Inputs<'a> {
     pub deployment: &'a Deployment,
     pub ingress_urls: &'a [String],
     pub http: &'a reqwest::Client,
-    pub token: &'a str,
+    /// A bearer token of each tenant of the load.
+    pub tokens: &'a HashMap<i64, String>,
     pub stubs: &'a Stubs,
     pub reader: &'a mut EventReader,
     pub ledger: &'a Ledger,
@@ -111,6 +112,8 @@ fn is_terminal(s: &str) -> bool {
 }
 
 pub async fn run(i: Inputs<'_>) -> anyhow::Result<Outcome> {
+    let tenant_of: HashMap<JobId, i64> =
+        i.ledger.accepted.iter().map(|a| (a.id, a.tenant)).collect();
     let accepted: Vec<JobId> = {
         let mut seen = HashSet::new();
         i.ledger
@@ -148,9 +151,13 @@ pub async fn run(i: Inputs<'_>) -> anyhow::Result<Outcome> {
         let id = id.to_string();
         job.duplicate_calls = stats.blob_puts_for(&id) > 1 || stats.job_posts_for(&id) > 1;
     }
-    let (http, urls, token) = (i.http, i.ingress_urls, i.token);
-    let views = futures::stream::iter(accepted.iter().copied())
-        .map(|id| async move { (id, views_of(http, urls, token, id).await) })
+    let (http, urls) = (i.http, i.ingress_urls);
+    let token_of = |id: &JobId| {
+        let tenant = tenant_of.get(id).copied().unwrap_or(1);
+        i.tokens.get(&tenant).map_or("", String::as_str)
+    };
+    let views = futures::stream::iter(accepted.iter().map(|id| (*id, token_of(id))))
+        .map(|(id, token)| async move { (id, views_of(http, urls, token, id).await) })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
@@ -454,6 +461,16 @@ the images above the threshold did not go by reference"
         .quorum_members(&i.deployment.topology.work_queue())
         .await
         .map_or_else(|e| format!("unknown ({e:#})"), |n| n.to_string());
+    let per_tenant = |t: i64| tenant_of.values().filter(|&&x| x == t).count();
+    let _ = write!(
+        md,
+        "\nTwo tenants: {} jobs of tenant {}, {} of tenant {}, over {} lanes.",
+        per_tenant(super::load::HEAVY_TENANT),
+        super::load::HEAVY_TENANT,
+        per_tenant(super::load::LIGHT_TENANT),
+        super::load::LIGHT_TENANT,
+        i.deployment.topology.lanes()
+    );
     let _ = write!(
         md,
         "\n{} jobs accepted ({http} by HTTP, {} of them by reference at {} bytes or more, {} by direct AMQP publish); {} SUCCESS, {} FAILED by the worker, \
