@@ -41,7 +41,7 @@ pub struct BenchConfig {
     pub write: Option<PathBuf>,
 
     /// Only these scenarios (comma-separated: ceiling, ingress, consumers, e2e, memory,
-    /// claim-check, index-scale; index-scale runs only when named).
+    /// claim-check, fair-share, index-scale; index-scale runs only when named).
     /// Ratios need the ceiling; without it they are left empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Scenario>,
@@ -105,6 +105,8 @@ pub enum Scenario {
     Memory,
     /// Issue 17: large images by reference against in the body.
     ClaimCheck,
+    /// Issue 21: a light tenant's jobs behind a heavy tenant's backlog, over the lanes.
+    FairShare,
     /// Issue 18: the job index at the seed's scale (not in a run without `--only`: it
     /// feeds tens of millions of events).
     IndexScale,

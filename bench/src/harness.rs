@@ -89,6 +89,22 @@ impl Harness {
         d
     }
 
+    /// [`Harness::deployment`] with its topology settings changed by `tweak` (the lanes).
+    pub fn deployment_with(
+        &self,
+        label: &str,
+        tweak: impl FnOnce(&mut imagejobs_core::config::TopologyArgs),
+    ) -> Deployment {
+        let d = self.deployment(label);
+        let mut args = d.topology_args.clone();
+        tweak(&mut args);
+        let changed = Deployment::with_args(d.urls.clone(), args);
+        let mut all = self.deployments.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|x| x.prefix != d.prefix);
+        all.push(changed.clone());
+        changed
+    }
+
     /// Deletes a deployment's queues and exchanges (stop its processes first).
     pub async fn remove(&self, d: &Deployment) {
         d.remove(&self.conn).await;

@@ -22,6 +22,7 @@ mod config;
 mod consumers;
 mod cpu;
 mod endtoend;
+mod fair_share;
 mod harness;
 mod image;
 mod index_scale;
@@ -187,6 +188,11 @@ async fn scenarios(h: &Harness, config: &BenchConfig) -> anyhow::Result<bool> {
     if config.runs(Scenario::ClaimCheck) {
         if let Err(e) = claimcheck::run(h, &mut report).await {
             report.fail("claim check", &e);
+        }
+    }
+    if config.runs(Scenario::FairShare) {
+        if let Err(e) = fair_share::run(h, &mut report).await {
+            report.fail("fair share", &e);
         }
     }
     if config.runs(Scenario::IndexScale) {

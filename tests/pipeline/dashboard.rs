@@ -190,7 +190,10 @@ async fn a_person_uploads_watches_and_cancels() {
             "the throughput of the finished jobs and the queue depth",
             "const t = document.querySelector('#throughput').innerText;
              const q = document.querySelector('#queue-depth').innerText.trim();
-             return /^[1-9]\\d* jobs\\/min/.test(t) && q === '0' ? t : null;",
+             const b = document.querySelector('#backlog').innerText.trim();
+             const c = document.querySelector('#consumers').innerText;
+             return /^[1-9]\\d* jobs\\/min/.test(t) && q === '0' && b === '0'
+               && c.includes('16 lanes') ? t : null;",
         )
         .await;
     assert!(

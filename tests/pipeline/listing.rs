@@ -168,6 +168,12 @@ async fn results_stream_the_thumbnail_to_the_jobs_tenant_only() {
         (Some(0), Some(1)),
         "{stats}"
     );
+    assert_eq!(stats["lanes"], 16, "{stats}");
+    assert_eq!(
+        stats["backlog"],
+        serde_json::json!({"queued": 0, "running": 0, "retrying": 0}),
+        "its one job finished: {stats}"
+    );
     let (_, theirs) = ing.get_json("/api/v1/stats", 2).await;
     assert!(
         theirs["completed"]
