@@ -22,7 +22,7 @@ pub enum Fault {
     IngressKill,
     /// Stop the single broker node and start it again.
     BrokerRestart,
-    /// Stop the node that leads the work queue; bring it back.
+    /// Stop the node that leads the most of the work queue's lanes; bring it back.
     LeaderNodeStop,
     /// Stop another node (the events stream's leader when that is another one); bring it back.
     OtherNodeStop,
