@@ -59,7 +59,8 @@ pub fn guess_rate(size: Size) -> f64 {
 }
 
 pub async fn run(h: &Harness, report: &mut Report) -> anyhow::Result<Ceiling> {
-    let d = h.deployment("ceiling");
+    // One lane: the raw path of a job (exchanges, then one quorum queue) as the pipeline has it.
+    let d = h.deployment_with("ceiling", |t| t.job_lanes = 1);
     d.declare(&h.conn).await?;
     let result = measure(h, &d, report).await;
     h.remove(&d).await;
@@ -68,7 +69,7 @@ pub async fn run(h: &Harness, report: &mut Report) -> anyhow::Result<Ceiling> {
 
 async fn measure(h: &Harness, d: &Deployment, report: &mut Report) -> anyhow::Result<Ceiling> {
     let plan = &h.plan;
-    let queue = d.topology.work_queue();
+    let queue = d.topology.lane_queue(0);
     let mut ceiling = Ceiling::default();
     for size in plan.sizes {
         let image = Image::generate(size)?;
@@ -202,7 +203,7 @@ async fn raw_pipeline(
         let meter = h.cpu_meter(vec![]);
         let took = consume_through(
             &h.conn,
-            &d.topology.work_queue(),
+            &d.topology.lane_queue(0),
             plan.ceiling_consumers,
             prefetch,
             count,
@@ -466,7 +467,7 @@ async fn pooled_publish(
     .await
     .context("pooled publish")?;
     let cpu = meter.spent();
-    consume_acked(&h.conn, &d.topology.work_queue(), 1, 128, count)
+    consume_acked(&h.conn, &d.topology.lane_queue(0), 1, 128, count)
         .await
         .context("draining the pooled publishes")?;
     let rate = count as f64 / took.as_secs_f64();
