@@ -26,6 +26,7 @@ use crate::image::Image;
 pub const RETRY_DELAYS: &[u64] = &[5];
 
 /// One message to publish.
+#[derive(Clone)]
 pub struct Outgoing {
     pub exchange: String,
     pub routing_key: String,

@@ -278,7 +278,7 @@ async fn lanes_of_tenants(
     let mut before = vec![0u32; usize::from(LANES)];
     for t in tenants {
         let (_, m) = job(&d.topology.jobs_exchange(), t, &image);
-        publish_confirmed(&h.conn, 1, 1, 1, Arc::new(move |_| clone_outgoing(&m))).await?;
+        publish_confirmed(&h.conn, 1, 1, 1, Arc::new(move |_| m.clone())).await?;
         for n in 0..LANES {
             let len = queue_len(&ch, &d.topology.lane_queue(n)).await;
             if len > before[usize::from(n)] {
@@ -290,15 +290,6 @@ async fn lanes_of_tenants(
     let _ = ch.close(200, "looked".into()).await;
     h.remove(&d).await;
     Ok(out)
-}
-
-fn clone_outgoing(m: &Outgoing) -> Outgoing {
-    Outgoing {
-        exchange: m.exchange.clone(),
-        routing_key: m.routing_key.clone(),
-        body: m.body.clone(),
-        properties: m.properties.clone(),
-    }
 }
 
 /// One run on a fresh prefix with `lanes` lanes and `consumers` consumers: A's jobs

@@ -260,6 +260,16 @@ impl Broker {
         self.queue_depths(&[queue.to_owned()]).await.pop().flatten()
     }
 
+    /// The work queue as one figure from its queues' depths ([`Broker::queue_depths`] of
+    /// `Topology::job_queues`): the ready messages of all, and the consumers of the first
+    /// (each consumer serves every lane); `None` when any is unknown.
+    pub fn work_depth(depths: &[Option<(u32, u32)>]) -> Option<(u32, u32)> {
+        let known: Option<Vec<(u32, u32)>> = depths.iter().copied().collect();
+        let known = known?;
+        let ready = known.iter().map(|d| d.0).sum();
+        Some((ready, known.first().map_or(0, |d| d.1)))
+    }
+
     /// [`Broker::queue_depth`] of each of `queues` in turn on one channel (the lanes of
     /// the work queue); after a missing queue, the rest are unknown too.
     pub async fn queue_depths(&self, queues: &[String]) -> Vec<Option<(u32, u32)>> {

@@ -289,11 +289,7 @@ fn render(
     };
     let lanes = lanes.min(queues.len());
     let lane_depths = &depths[..lanes.min(depths.len())];
-    let all: Option<Vec<(u32, u32)>> = lane_depths.iter().copied().collect();
-    let total = all.map(|v| {
-        let ready = v.iter().map(|d| d.0).sum();
-        (ready, v.first().map_or(0, |d| d.1))
-    });
+    let total = Broker::work_depth(lane_depths);
     let name = format!("work queue, {lanes} lanes");
     let _ = row(&mut s, &name, &total);
     // Only the lanes with jobs waiting: which tenants' lanes are busy.

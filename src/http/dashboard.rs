@@ -11,6 +11,8 @@ use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
+use imagejobs_core::broker::Broker;
+
 use super::error::ApiError;
 use super::state::AppState;
 
@@ -95,14 +97,7 @@ impl QueueDepth {
         let depth = tokio::time::timeout(DEPTH_TTL * 2, app.broker.queue_depths(&queues))
             .await
             .ok()
-            .and_then(|lanes| {
-                let known: Option<Vec<Depth>> = lanes.into_iter().collect();
-                let known = known?;
-                let ready = known.iter().map(|d| d.0).sum();
-                // Each consumer serves every lane: the first lane's count is theirs.
-                let consumers = known.first().map_or(0, |d| d.1);
-                Some((ready, consumers))
-            });
+            .and_then(|lanes| Broker::work_depth(&lanes));
         *last = Some((Instant::now(), depth));
         depth
     }

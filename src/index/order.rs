@@ -294,7 +294,8 @@ fn insert_sorted(list: &mut Vec<Key>, end: usize, key: Key) -> bool {
 mod tests {
     use super::*;
 
-    fn keys(o: &Order, t: TenantId, before: Option<Key>, n: usize) -> (Vec<Key>, bool) {
+    /// Up to `n` of `t`'s keys before `before`, newest first, and whether more follow.
+    pub(super) fn keys(o: &Order, t: TenantId, before: Option<Key>, n: usize) -> (Vec<Key>, bool) {
         let mut out = vec![];
         let (_, more) = o.walk(t, before, usize::MAX, |k| {
             out.push(*k);
@@ -356,15 +357,6 @@ mod model {
         JobId(uuid::Uuid::from_u128(u128::from(n)))
     }
 
-    fn walk_all(o: &Order, t: TenantId, before: Option<Key>, n: usize) -> (Vec<Key>, bool) {
-        let mut out = vec![];
-        let (_, more) = o.walk(t, before, usize::MAX, |k| {
-            out.push(*k);
-            out.len() < n
-        });
-        (out, more)
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
         /// Against a sorted set: inserts in any order (many of one millisecond), moves,
@@ -408,14 +400,14 @@ mod model {
                             .take(n)
                             .copied()
                             .collect();
-                        let (got, more) = walk_all(&o, t, before, n);
+                        let (got, more) = super::tests::keys(&o, t, before, n);
                         prop_assert_eq!(&got, &want);
                         let below_last = got.last().map_or(0, |l| model.range(..*l).count());
                         prop_assert_eq!(more, !got.is_empty() && below_last > 0);
                     }
                 }
             }
-            let (all, _) = walk_all(&o, t, None, usize::MAX);
+            let (all, _) = super::tests::keys(&o, t, None, usize::MAX);
             let want: Vec<Key> = model.iter().rev().copied().collect();
             prop_assert_eq!(all, want);
         }
@@ -429,7 +421,7 @@ mod model {
         for (i, id) in ids.iter().enumerate() {
             o.insert(t, (10 + i as u64 / 1_000, *id));
         }
-        let (all, more) = walk_all(&o, t, None, usize::MAX);
+        let (all, more) = super::tests::keys(&o, t, None, usize::MAX);
         assert!(!more);
         assert_eq!(all.len(), ids.len());
         assert!(
