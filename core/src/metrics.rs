@@ -85,7 +85,7 @@ impl BrokerMetrics {
     }
 }
 
-/// Serves `GET /metrics` (and nothing else) on `listener` until `shutdown`; `render` is
+/// Serves `GET /metrics` (and `GET /healthz`, for a liveness probe) on `listener` until `shutdown`; `render` is
 /// called for every scrape. HTTP/1 only, one short request per connection at a time,
 /// with a bound on how long a scrape's head may take.
 pub async fn serve(
@@ -117,6 +117,9 @@ pub async fn serve(
                         Response::builder()
                             .header("content-type", CONTENT_TYPE)
                             .body(render())
+                    } else if req.uri().path() == "/healthz" {
+                        // A liveness probe's target: the process runs and serves.
+                        Response::builder().body("ok\n".to_owned())
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)

@@ -115,6 +115,11 @@ async fn counters_equal_what_happened() {
     })
     .await;
     let n = |name: &str, labels: &[(&str, &str)]| c.count(name, labels);
+    // The metrics listener is also the liveness probe's target (the Helm chart).
+    let health = format!("http://{}/healthz", consumer.metrics_addr.unwrap());
+    let health = reqwest::get(&health).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok\n");
     assert_eq!(n("imagejobs_deliveries_total", &[]), 4.0 + 1.0 + 2.0);
     assert_eq!(n("imagejobs_redeliveries_total", &[]), 0.0);
     assert_eq!(n("imagejobs_jobs_in_flight", &[]), 0.0);
