@@ -9,7 +9,7 @@ NODE  := ./rabbitmq/node.sh
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint build chaos broker-start broker-stop broker-status broker-reset definitions bench bench-smoke
+.PHONY: help run test lint k8s-check build chaos broker-start broker-stop broker-status broker-reset definitions bench bench-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,8 +20,11 @@ run: ## start the whole pipeline on this machine (installs RabbitMQ if missing)
 test: ## run every test against a private RabbitMQ node it starts and stops
 	@./scripts/test.sh
 
-lint: ## cargo fmt --check, clippy with warnings as errors, shellcheck on every script
+lint: ## cargo fmt --check, clippy with warnings as errors, shellcheck, then make k8s-check
 	@./scripts/lint.sh
+
+k8s-check: ## the Helm chart: lint, render, validate, and run its rendering to a SUCCESS here
+	@./scripts/k8s-check.sh
 
 build: ## release build of every binary
 	$(CARGO) build --release --workspace --bins

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make lint`: formatting, clippy with warnings as errors, the supply-chain checks of
-# deny.toml, and shellcheck on every script. shellcheck comes from Debian's packages when
-# it is missing, as RabbitMQ does; cargo-deny from crates.io (built once, a few minutes).
+# deny.toml, shellcheck on every script, and `make k8s-check` (the Helm chart). shellcheck
+# comes from Debian's packages when it is missing, as RabbitMQ does; cargo-deny from
+# crates.io (built once, a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,4 +26,8 @@ cargo deny --log-level warn check licenses bans sources
 apt_ensure shellcheck shellcheck
 mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
 shellcheck -x "${scripts[@]}"
-echo "lint: ok (${#scripts[@]} scripts checked by shellcheck)"
+echo "lint: ${#scripts[@]} scripts checked by shellcheck"
+
+# The Helm chart (deploy/helm/imagejobs): rendered, validated, and run on this machine.
+./scripts/k8s-check.sh
+echo "lint: ok"
