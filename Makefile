@@ -9,7 +9,7 @@ NODE  := ./rabbitmq/node.sh
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint k8s-check build chaos broker-start broker-stop broker-status broker-reset definitions bench bench-smoke
+.PHONY: help run test lint k8s-check build chaos broker-start broker-stop broker-status broker-reset definitions openapi bench bench-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ definitions: ## regenerate rabbitmq/definitions.json from the code's topology
 	$(CARGO) run -q --bin imagejobs -- definitions --amqp-prefix imagejobs --retry-delays 5,30,300 \
 	  --queue-max-length 1000000 --queue-delivery-limit 10 --events-max-age 7D \
 	  --events-max-bytes 5000000000 > rabbitmq/definitions.json
+
+openapi: ## regenerate docs/openapi.json from the code (a test fails when it is stale)
+	$(CARGO) run -q --bin imagejobs -- openapi > docs/openapi.json
 
 chaos: ## the pipeline under load while faults are injected (BROKER_NODES=3: a cluster)
 	@./scripts/chaos.sh

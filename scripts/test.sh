@@ -31,6 +31,11 @@ EOF
   export IMAGEJOBS_BROWSER=skip
 fi
 
+# The HTTP API's fuzzer (schemathesis, from PyPI) for tests/pipeline/openapi.rs.
+# shellcheck source=scripts/pytools.sh
+. scripts/pytools.sh
+pytools_venv fuzz tests/fuzz/requirements.txt
+
 # One build for everything: the binaries the end-to-end tests start as child processes
 # (to SIGKILL them), the tests, the benchmark tool's smoke run and the chaos run. Binaries
 # and tests are built in one invocation so that the dev-dependencies' features unify once:

@@ -319,6 +319,8 @@ fn route_of(path: &str) -> &'static str {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 pub async fn scrape(State(app): State<crate::http::AppState>) -> Response {
     let body = app.metrics.render(&app.index, &app.broker);
     ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()

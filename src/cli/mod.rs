@@ -64,6 +64,8 @@ pub enum Command {
         #[command(flatten)]
         topology: TopologyArgs,
     },
+    /// Print the ingress's OpenAPI document (as served at /api/v1/openapi.json).
+    Openapi,
 }
 
 #[derive(Args, Debug)]
@@ -196,6 +198,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Definitions { topology } => {
             let json = Topology::new(&topology).definitions_json();
             println!("{}", serde_json::to_string_pretty(&json)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            println!("{}", crate::http::openapi::document());
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -11,10 +11,10 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::jobs::lookup;
+use super::openapi::{Cancelled, ErrorBody};
 use super::state::AppState;
 use imagejobs_core::control::ControlMessage;
 use imagejobs_core::status::{Status, StatusEvent};
@@ -22,11 +22,16 @@ use imagejobs_core::status::{Status, StatusEvent};
 /// How long the answer waits for this replica to read its CANCELLED event back.
 const READ_BACK: Duration = Duration::from_secs(2);
 
+/// Cancels a job: a QUEUED or RETRYING one is CANCELLED at once and never reaches the
+/// worker; a RUNNING one is stopped by its consumer unless it ends first.
+#[utoipa::path(delete, path = "/api/v1/job/{id}", tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "The job's id (a UUID)")),
+    responses((status = 202, description = "Cancelled, or cancel requested of its consumer", body = Cancelled),
+        (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 404, description = "No such job, or another tenant's", body = ErrorBody), (status = 409, description = "The job has ended", body = ErrorBody), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn cancel(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
     let (caller, job) = lookup(&app, &headers, &id)?;
     if job.status.is_terminal() {
         return Err(ended(job.status));
@@ -67,16 +72,24 @@ pub async fn cancel(
     match now {
         Status::Cancelled => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "id": job.id, "status": "CANCELLED" })),
+            Json(Cancelled {
+                id: job.id.to_string(),
+                status: "CANCELLED".into(),
+                cancel_requested: None,
+            }),
         )),
         other => Err(ended(other)),
     }
 }
 
-fn running(id: &str) -> (StatusCode, Json<Value>) {
+fn running(id: &str) -> (StatusCode, Json<Cancelled>) {
     (
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "status": "RUNNING", "cancel_requested": true })),
+        Json(Cancelled {
+            id: id.to_owned(),
+            status: "RUNNING".into(),
+            cancel_requested: Some(true),
+        }),
     )
 }
 

@@ -8,12 +8,13 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+
 use tokio::sync::Mutex;
 
 use imagejobs_core::broker::Broker;
 
 use super::error::ApiError;
+use super::openapi::{ErrorBody, Stats};
 use super::state::AppState;
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
@@ -56,18 +57,30 @@ fn file(app: &AppState, content_type: &'static str, body: &'static str) -> Respo
     resp
 }
 
+/// The dashboard page (it asks for a token and keeps it in the tab).
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "The dashboard page (it asks for a token and keeps it in the tab)", content_type = "text/html; charset=utf-8", body = String)))]
 pub async fn index(State(app): State<AppState>) -> Response {
     file(&app, "text/html; charset=utf-8", INDEX_HTML)
 }
 
+/// The dashboard's script.
+#[utoipa::path(get, path = "/dashboard/app.js", tag = "operations",
+    responses((status = 200, description = "The dashboard's script", content_type = "text/javascript; charset=utf-8", body = String)))]
 pub async fn app_js(State(app): State<AppState>) -> Response {
     file(&app, "text/javascript; charset=utf-8", APP_JS)
 }
 
+/// The dashboard's style sheet.
+#[utoipa::path(get, path = "/dashboard/style.css", tag = "operations",
+    responses((status = 200, description = "The dashboard's style sheet", content_type = "text/css; charset=utf-8", body = String)))]
 pub async fn style_css(State(app): State<AppState>) -> Response {
     file(&app, "text/css; charset=utf-8", STYLE_CSS)
 }
 
+/// The dashboard's icon.
+#[utoipa::path(get, path = "/dashboard/favicon.svg", tag = "operations",
+    responses((status = 200, description = "The dashboard's icon", content_type = "image/svg+xml", body = String)))]
 pub async fn favicon(State(app): State<AppState>) -> Response {
     file(&app, "image/svg+xml", FAVICON_SVG)
 }
@@ -103,20 +116,24 @@ impl QueueDepth {
     }
 }
 
+/// The dashboard's figures for the caller: the work queue's depth, its consumers and
+/// lanes, the caller's backlog and throughput.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, description = "The figures", body = Stats), (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn stats(
     State(app): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Stats>, ApiError> {
     let caller = app.verifier.verify_headers(&headers)?;
     let depth = app.queue_depth.get(&app).await;
     let (completed, failed) = app.index.throughput(caller.tenant_id);
-    Ok(Json(json!({
-        "queue_depth": depth.map(|d| d.0),
-        "consumers": depth.map(|d| d.1),
-        "lanes": app.broker.topology().lanes(),
-        "backlog": app.index.backlog(caller.tenant_id),
-        "bucket_secs": crate::index::BUCKET_SECS,
-        "completed": completed,
-        "failed": failed,
-    })))
+    Ok(Json(Stats {
+        queue_depth: depth.map(|d| d.0),
+        consumers: depth.map(|d| d.1),
+        lanes: app.broker.topology().lanes(),
+        backlog: app.index.backlog(caller.tenant_id),
+        bucket_secs: crate::index::BUCKET_SECS,
+        completed,
+        failed,
+    }))
 }

@@ -5,9 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::openapi::{ErrorBody, JobPage, StatusBody};
 use super::state::AppState;
 use crate::auth::Caller;
 use crate::index::{Cursor, JobView};
@@ -35,6 +35,9 @@ pub fn lookup(
     }
 }
 
+/// One job, as the index knows it.
+#[utoipa::path(get, path = "/api/v1/job/{id}", tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "The job's id (a UUID)")),
+    responses((status = 200, description = "The job", body = JobView), (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 404, description = "No such job, or another tenant's", body = ErrorBody), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn job(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -43,12 +46,15 @@ pub async fn job(
     lookup(&app, &headers, &id).map(|(_, job)| Json(job))
 }
 
+/// One job's status only.
+#[utoipa::path(get, path = "/api/v1/job/{id}/status", tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "The job's id (a UUID)")),
+    responses((status = 200, description = "Its status", body = StatusBody), (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 404, description = "No such job, or another tenant's", body = ErrorBody), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn status(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    lookup(&app, &headers, &id).map(|(_, job)| Json(json!({ "status": job.status })))
+) -> Result<Json<StatusBody>, ApiError> {
+    lookup(&app, &headers, &id).map(|(_, job)| Json(StatusBody { status: job.status }))
 }
 
 /// The query of `GET /api/v1/jobs`, as sent: checked by [`ListQuery::parse`] so that each
@@ -70,8 +76,10 @@ pub struct Listing {
 
 impl ListQuery {
     pub fn parse(self) -> Result<Listing, ApiError> {
+        // An empty `status=` or `limit=` is refused like any other bad value (the fuzzer
+        // found them taken as absent, which the documented enum and integer do not allow).
         let status = match self.status.as_deref() {
-            None | Some("") => None,
+            None => None,
             Some(s) => Some(Status::parse(s).ok_or_else(|| {
                 ApiError::bad_request(
                     "bad status",
@@ -82,7 +90,7 @@ impl ListQuery {
             })?),
         };
         let limit = match self.limit.as_deref() {
-            None | Some("") => DEFAULT_LIMIT,
+            None => DEFAULT_LIMIT,
             Some(l) => match l.parse::<usize>() {
                 Ok(n @ 1..=MAX_LIMIT) => n,
                 _ => {
@@ -110,11 +118,20 @@ impl ListQuery {
     }
 }
 
+/// The caller's jobs, newest first (by `created_at`, ties by id), a page at a time.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", security(("bearer" = [])),
+    params(
+        ("status" = Option<crate::http::openapi::StatusName>, Query, description = "Only jobs in this status"),
+        ("limit" = Option<u32>, Query, description = "Jobs per page, 1 to 1000 (default 50)", minimum = 1, maximum = 1000),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+    ),
+    responses((status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "A bad status, limit or cursor", body = ErrorBody), (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn list(
     State(app): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let caller = app.verifier.verify_headers(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("bad query", e.body_text()))?;
     let q = query.parse()?;
@@ -122,11 +139,10 @@ pub async fn list(
         return Err(ApiError::catching_up());
     }
     let page = app.index.list(caller.tenant_id, q.status, q.limit, q.after);
-    let mut body = json!({ "jobs": page.jobs });
-    if let Some(next) = page.next {
-        body["next"] = json!(next.to_string());
-    }
-    Ok(Json(body))
+    Ok(Json(JobPage {
+        jobs: page.jobs,
+        next: page.next.map(|n| n.to_string()),
+    }))
 }
 
 #[cfg(test)]
@@ -153,6 +169,9 @@ mod tests {
             q(None, Some("0"), None),
             q(None, Some("-1"), None),
             q(None, None, Some("xyz")),
+            // Found by the fuzzer: empty values were taken as absent.
+            q(Some(""), None, None),
+            q(None, Some(""), None),
         ] {
             let e = bad.parse().unwrap_err();
             assert_eq!(e.status(), 400, "{e:?}");

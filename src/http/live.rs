@@ -18,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::{ApiError, Rejected};
 use super::jobs::lookup;
+use super::openapi::ErrorBody;
 use super::state::AppState;
 use crate::index::watch::{JobWatch, TenantChange, TenantWatch};
 use crate::index::JobView;
@@ -72,6 +73,13 @@ struct JobStream {
     _permit: OwnedSemaphorePermit,
 }
 
+/// One job's status as server-sent events: a `status` event (data: the job, `id`: a
+/// number that grows with every change) now and at every change, ending after a terminal
+/// status; a comment line every SSE_HEARTBEAT_SECS keeps the stream open.
+#[utoipa::path(get, path = "/api/v1/job/{id}/events", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUID)"), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event's id")),
+    responses((status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 404, description = "No such job, or another tenant's", body = ErrorBody), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn job_events(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -122,6 +130,11 @@ struct TenantStream {
     _permit: OwnedSemaphorePermit,
 }
 
+/// Every change of the caller's jobs as server-sent `status` events (data: the job), and
+/// `resync` when changes were missed (reload the list). Never ends by itself.
+#[utoipa::path(get, path = "/api/v1/jobs/events", tag = "jobs", security(("bearer" = [])),
+    responses((status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn tenant_events(
     State(app): State<AppState>,
     headers: HeaderMap,

@@ -5,6 +5,7 @@ pub mod dashboard;
 pub mod error;
 mod jobs;
 mod live;
+pub mod openapi;
 pub mod result;
 mod state;
 mod submit;
@@ -25,9 +26,10 @@ pub fn router(state: AppState) -> Router {
     // or 4/3 of it for base64 JSON), so axum's 2 MB default must not cut them first.
     let submit_route = post(submit::submit).layer(DefaultBodyLimit::disable());
     let api = Router::new()
-        .route("/ping", get(|| async { "pong" }))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/ping", get(ping))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(crate::metrics::scrape))
         .route("/api/v1/job", submit_route)
         .route(
@@ -75,8 +77,25 @@ async fn method_not_allowed(resp: axum::response::Response) -> axum::response::R
     out
 }
 
+/// Seed compatible liveness.
+#[utoipa::path(get, path = "/ping", tag = "operations",
+    responses((status = 200, description = "Always", content_type = "text/plain", body = String, example = "pong")))]
+async fn ping() -> &'static str {
+    "pong"
+}
+
+/// 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Always", content_type = "text/plain", body = String, example = "ok")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
 /// 200 only with a live connection that the broker does not block, the topology
 /// declared and the index caught up. QUEUED events waiting in the outbox are shown.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", content_type = "text/plain", body = String),
+    (status = 503, description = "Not ready, and why", content_type = "text/plain", body = String)))]
 async fn ready(axum::extract::State(app): axum::extract::State<AppState>) -> (StatusCode, String) {
     let (code, mut text) = if !app.broker.is_ready() {
         (

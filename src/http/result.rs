@@ -10,9 +10,17 @@ use axum::response::Response;
 
 use super::error::ApiError;
 use super::jobs::lookup;
+use super::openapi::ErrorBody;
 use super::state::AppState;
 use imagejobs_core::status::Status;
 
+/// The result of a job that succeeded (the worker's output, e.g. a thumbnail), streamed
+/// from the blob service with its content type; or, with RESULT_REDIRECT, a 307 to it.
+#[utoipa::path(get, path = "/api/v1/job/{id}/result", tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "The job's id (a UUID)")),
+    responses((status = 200, description = "The result", content_type = "image/*", body = Vec<u8>),
+        (status = 307, description = "RESULT_REDIRECT: the result is there", headers(("Location" = String))),
+        (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 404, description = "No such job, another tenant's, or one that has not succeeded", body = ErrorBody),
+        (status = 502, description = "The blob service failed to hand over the result", body = ErrorBody), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn result(
     State(app): State<AppState>,
     headers: HeaderMap,

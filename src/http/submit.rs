@@ -8,9 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use serde_json::json;
 
 use super::error::ApiError;
+use super::openapi::{Accepted, ErrorBody};
 use super::state::AppState;
 use super::upload::{self, BodyKind};
 use crate::idempotency;
@@ -19,6 +19,28 @@ use imagejobs_core::ids::{JobId, Md5, Md5Stream};
 use imagejobs_core::trace::TraceContext;
 use tracing::Instrument;
 
+/// Submits an image: as JSON (`encoding`, `md5`, `content` in base64) or as the raw image
+/// (`Content-Type: image/...`, optionally `Content-MD5`). 202 only once the broker confirmed
+/// the job; an image of `CLAIM_CHECK_MIN_BYTES` or more is stored in the blob service first.
+#[utoipa::path(post, path = "/api/v1/job", tag = "jobs", security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same tenant returns the same job (1 to 255 visible ASCII characters)"),
+        ("Content-MD5" = Option<String>, Header, description = "RFC 1864: base64 of the raw image's MD5"),
+    ),
+    request_body(description = "The image", content(
+        (crate::http::openapi::SubmitJson = "application/json"),
+        (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/gif"),
+        (Vec<u8> = "image/webp"), (Vec<u8> = "image/bmp"), (Vec<u8> = "image/tiff"))),
+    responses(
+        (status = 202, description = "Accepted: the job is durable", body = Accepted,
+            headers(("Location" = String, description = "/api/v1/job/{id}"))),
+        (status = 400, description = "Bad JSON, an unknown encoding, bad base64, an MD5 that does not match, a bad Idempotency-Key or reference", body = ErrorBody), (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))),
+        (status = 408, description = "The body did not arrive within BODY_TIMEOUT_SECS", body = ErrorBody),
+        (status = 413, description = "Over MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "Not an image (PNG, JPEG, GIF, WebP, BMP, TIFF), or an unknown Content-Type", body = ErrorBody),
+        (status = 429, description = "The tenant is over TENANT_RATE", body = ErrorBody, headers(("Retry-After" = u32))),
+        (status = 502, description = "The blob service refused the image", body = ErrorBody),
+        (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn submit(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -112,7 +134,10 @@ fn accepted(id: JobId) -> Response {
     let location = format!("/api/v1/job/{id}");
     let mut resp = (
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "QUEUED"})),
+        Json(Accepted {
+            id: id.to_string(),
+            status: "QUEUED".into(),
+        }),
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {

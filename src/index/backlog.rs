@@ -12,7 +12,7 @@ use serde::Serialize;
 use imagejobs_core::status::Status;
 
 /// A tenant's jobs not finished yet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Backlog {
     pub queued: u64,
     pub running: u64,

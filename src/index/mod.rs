@@ -99,23 +99,31 @@ impl Record {
 }
 
 /// A job as the API shows it (DESIGN §3); absent values are omitted.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JobView {
+    #[schema(value_type = String, format = Uuid)]
     pub id: JobId,
+    #[schema(value_type = i64)]
     pub tenant_id: TenantId,
+    #[schema(value_type = i64)]
     pub client_id: ClientId,
+    #[schema(value_type = crate::http::openapi::StatusName)]
     pub status: Status,
+    /// Where the result is (after SUCCESS), or the input image (a job by reference).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_location: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub content_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{32}$")]
     pub md5: Option<Md5>,
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// RFC 3339, UTC, milliseconds.
     pub created_at: String,
     pub updated_at: String,
 }

@@ -16,6 +16,7 @@ mod index;
 mod listing;
 mod live;
 mod metrics;
+mod openapi;
 mod snapshots;
 mod submit;
 mod submit_props;
