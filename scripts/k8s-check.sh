@@ -22,8 +22,8 @@ HELM_VERSION=v4.1.4
 static=0
 if [ "${1:-}" = --static ]; then static=1; fi
 
-# shellcheck source=scripts/pytools.sh
-. scripts/pytools.sh
+# shellcheck source=scripts/tools.sh
+. scripts/tools.sh
 say() { printf 'k8s-check: %s\n' "$*"; }
 die() { printf 'k8s-check: %s\n' "$*" >&2 && exit 1; }
 

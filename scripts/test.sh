@@ -31,10 +31,12 @@ EOF
   export IMAGEJOBS_BROWSER=skip
 fi
 
-# The HTTP API's fuzzer (schemathesis, from PyPI) for tests/pipeline/openapi.rs.
-# shellcheck source=scripts/pytools.sh
-. scripts/pytools.sh
+# The HTTP API's fuzzer (schemathesis, from PyPI) for tests/pipeline/openapi.rs, and the
+# AsyncAPI parser (npm) for tests/pipeline/asyncapi.rs.
+# shellcheck source=scripts/tools.sh
+. scripts/tools.sh
 pytools_venv fuzz tests/fuzz/requirements.txt
+npm_tools asyncapi docs/check
 
 # One build for everything: the binaries the end-to-end tests start as child processes
 # (to SIGKILL them), the tests, the benchmark tool's smoke run and the chaos run. Binaries

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod asyncapi;
 mod cancel;
 mod claim_check;
 mod cli;
