@@ -25,6 +25,7 @@ pub mod index;
 pub mod ingress;
 pub mod metrics;
 pub mod outbox;
+pub mod queue_depth;
 pub mod ratelimit;
 pub mod snapshots;
 pub mod sse;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,10 +19,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use imagejobs_core::broker::Broker;
-use imagejobs_core::metrics::{latency_histogram, render, BrokerMetrics, CONTENT_TYPE};
+use imagejobs_core::metrics::{latency_histogram, render, BrokerMetrics};
 use imagejobs_core::status::StatusEvent;
 
-use crate::http::error::Rejected;
 use crate::index::snapshot::SnapshotInfo;
 use crate::index::JobIndex;
 
@@ -318,12 +317,39 @@ fn route_of(path: &str) -> &'static str {
     }
 }
 
-/// `GET /metrics`.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
-pub async fn scrape(State(app): State<crate::http::AppState>) -> Response {
-    let body = app.metrics.render(&app.index, &app.broker);
-    ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+/// Why a request was turned away with 429 or 503: a label of
+/// `imagejobs_rejections_total`, carried on the response as an extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    RateLimited,
+    QueueFull,
+    Unroutable,
+    BrokerBlocked,
+    BrokerUnavailable,
+    /// The cap on requests in flight (`MAX_IN_FLIGHT`).
+    InFlight,
+    /// The cap on event streams open at once (`MAX_WATCHERS`).
+    Watchers,
+    /// The index is still reading the events stream.
+    CatchingUp,
+    /// The blob service did not store a claim-checked image (down, slow, 429, 5xx).
+    BlobUnavailable,
+}
+
+impl Rejected {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::RateLimited => "rate_limited",
+            Rejected::QueueFull => "queue_full",
+            Rejected::Unroutable => "unroutable",
+            Rejected::BrokerBlocked => "broker_blocked",
+            Rejected::BrokerUnavailable => "broker_unavailable",
+            Rejected::InFlight => "in_flight",
+            Rejected::Watchers => "watchers",
+            Rejected::CatchingUp => "catching_up",
+            Rejected::BlobUnavailable => "blob_unavailable",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 
 use super::error::ApiError;
-use super::jobs::lookup;
+use super::extract::MyJob;
 use super::openapi::{Cancelled, ErrorBody};
 use super::state::AppState;
 use imagejobs_core::control::ControlMessage;
@@ -29,10 +29,8 @@ const READ_BACK: Duration = Duration::from_secs(2);
         (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 404, description = "No such job, or another tenant's", body = ErrorBody), (status = 409, description = "The job has ended", body = ErrorBody), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn cancel(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    MyJob { caller, job }: MyJob,
 ) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
-    let (caller, job) = lookup(&app, &headers, &id)?;
     if job.status.is_terminal() {
         return Err(ended(job.status));
     }

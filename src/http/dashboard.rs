@@ -2,20 +2,15 @@
 //! run it), served with a strict content security policy; and `GET /api/v1/stats`, the
 //! figures it draws (queue depth, the tenant's recent throughput).
 
-use std::time::{Duration, Instant};
-
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-
-use tokio::sync::Mutex;
-
-use imagejobs_core::broker::Broker;
 
 use super::error::ApiError;
 use super::openapi::{ErrorBody, Stats};
 use super::state::AppState;
+use crate::auth::Caller;
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
@@ -85,47 +80,12 @@ pub async fn favicon(State(app): State<AppState>) -> Response {
     file(&app, "image/svg+xml", FAVICON_SVG)
 }
 
-/// The work queue's depth (over its lanes) and consumers, asked of the broker at most once a second
-/// however many dashboards poll.
-#[derive(Default)]
-pub struct QueueDepth {
-    /// When it was last asked, and the answer (ready messages, consumers).
-    last: Mutex<Option<(Instant, Option<Depth>)>>,
-}
-
-type Depth = (u32, u32);
-
-const DEPTH_TTL: Duration = Duration::from_secs(1);
-
-impl QueueDepth {
-    async fn get(&self, app: &AppState) -> Option<Depth> {
-        let mut last = self.last.lock().await;
-        if let Some((at, depth)) = *last {
-            if at.elapsed() < DEPTH_TTL {
-                return depth;
-            }
-        }
-        // Every lane and the queue of last resort: one figure for the work queue.
-        let queues = app.broker.topology().job_queues();
-        let depth = tokio::time::timeout(DEPTH_TTL * 2, app.broker.queue_depths(&queues))
-            .await
-            .ok()
-            .and_then(|lanes| Broker::work_depth(&lanes));
-        *last = Some((Instant::now(), depth));
-        depth
-    }
-}
-
 /// The dashboard's figures for the caller: the work queue's depth, its consumers and
 /// lanes, the caller's backlog and throughput.
 #[utoipa::path(get, path = "/api/v1/stats", tag = "operations", security(("bearer" = [])),
     responses((status = 200, description = "The figures", body = Stats), (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
-pub async fn stats(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Stats>, ApiError> {
-    let caller = app.verifier.verify_headers(&headers)?;
-    let depth = app.queue_depth.get(&app).await;
+pub async fn stats(State(app): State<AppState>, caller: Caller) -> Result<Json<Stats>, ApiError> {
+    let depth = app.queue_depth.get(&app.broker).await;
     let (completed, failed) = app.index.throughput(caller.tenant_id);
     Ok(Json(Stats {
         queue_depth: depth.map(|d| d.0),

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::blob::BlobError;
+pub use crate::metrics::Rejected;
 use crate::submitter::SubmitError;
 use imagejobs_core::broker::PublishError;
 
@@ -46,41 +47,6 @@ pub enum ApiError {
         retry_after_secs: u64,
         reason: Rejected,
     },
-}
-
-/// Why a request was turned away with 429 or 503: a label of
-/// `imagejobs_rejections_total`, carried on the response as an extension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rejected {
-    RateLimited,
-    QueueFull,
-    Unroutable,
-    BrokerBlocked,
-    BrokerUnavailable,
-    /// The cap on requests in flight (`MAX_IN_FLIGHT`).
-    InFlight,
-    /// The cap on event streams open at once (`MAX_WATCHERS`).
-    Watchers,
-    /// The index is still reading the events stream.
-    CatchingUp,
-    /// The blob service did not store a claim-checked image (down, slow, 429, 5xx).
-    BlobUnavailable,
-}
-
-impl Rejected {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejected::RateLimited => "rate_limited",
-            Rejected::QueueFull => "queue_full",
-            Rejected::Unroutable => "unroutable",
-            Rejected::BrokerBlocked => "broker_blocked",
-            Rejected::BrokerUnavailable => "broker_unavailable",
-            Rejected::InFlight => "in_flight",
-            Rejected::Watchers => "watchers",
-            Rejected::CatchingUp => "catching_up",
-            Rejected::BlobUnavailable => "blob_unavailable",
-        }
-    }
 }
 
 impl ApiError {

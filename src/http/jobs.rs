@@ -1,60 +1,35 @@
 //! `GET /api/v1/job/{id}`, `GET /api/v1/job/{id}/status` and `GET /api/v1/jobs`,
-//! answered from the index. Another tenant's job is a 404, exactly like an unknown id.
+//! answered from the index. Another tenant's job is a 404, exactly like an unknown id
+//! ([`MyJob`]).
 
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::extract::MyJob;
 use super::openapi::{ErrorBody, JobPage, StatusBody};
 use super::state::AppState;
 use crate::auth::Caller;
 use crate::index::{Cursor, JobView};
-use imagejobs_core::ids::JobId;
 use imagejobs_core::status::Status;
 
 /// Page size of a listing without `limit`, and the largest one allowed.
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
 
-/// The caller's job `id`: 404 when it is unknown or another tenant's, 503 while the index
-/// is still catching up (the job may only be unread yet).
-pub fn lookup(
-    app: &AppState,
-    headers: &HeaderMap,
-    id: &str,
-) -> Result<(Caller, JobView), ApiError> {
-    let caller = app.verifier.verify_headers(headers)?;
-    let id: JobId = id.parse().map_err(|_| ApiError::NotFound)?;
-    match app.index.get(id) {
-        Some(job) if job.tenant_id == caller.tenant_id => Ok((caller, job)),
-        Some(_) => Err(ApiError::NotFound),
-        None if !app.index.caught_up() => Err(ApiError::catching_up()),
-        None => Err(ApiError::NotFound),
-    }
-}
-
 /// One job, as the index knows it.
 #[utoipa::path(get, path = "/api/v1/job/{id}", tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "The job's id (a UUID)")),
     responses((status = 200, description = "The job", body = JobView), (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 404, description = "No such job, or another tenant's", body = ErrorBody), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
-pub async fn job(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
-    lookup(&app, &headers, &id).map(|(_, job)| Json(job))
+pub async fn job(MyJob { job, .. }: MyJob) -> Json<JobView> {
+    Json(job)
 }
 
 /// One job's status only.
 #[utoipa::path(get, path = "/api/v1/job/{id}/status", tag = "jobs", security(("bearer" = [])), params(("id" = String, Path, description = "The job's id (a UUID)")),
     responses((status = 200, description = "Its status", body = StatusBody), (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 404, description = "No such job, or another tenant's", body = ErrorBody), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
-pub async fn status(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<StatusBody>, ApiError> {
-    lookup(&app, &headers, &id).map(|(_, job)| Json(StatusBody { status: job.status }))
+pub async fn status(MyJob { job, .. }: MyJob) -> Json<StatusBody> {
+    Json(StatusBody { status: job.status })
 }
 
 /// The query of `GET /api/v1/jobs`, as sent: checked by [`ListQuery::parse`] so that each
@@ -121,7 +96,7 @@ impl ListQuery {
 /// The caller's jobs, newest first (by `created_at`, ties by id), a page at a time.
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", security(("bearer" = [])),
     params(
-        ("status" = Option<crate::http::openapi::StatusName>, Query, description = "Only jobs in this status"),
+        ("status" = Option<crate::index::StatusName>, Query, description = "Only jobs in this status"),
         ("limit" = Option<u32>, Query, description = "Jobs per page, 1 to 1000 (default 50)", minimum = 1, maximum = 1000),
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
     ),
@@ -129,10 +104,9 @@ impl ListQuery {
         (status = 400, description = "A bad status, limit or cursor", body = ErrorBody), (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn list(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
-    let caller = app.verifier.verify_headers(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("bad query", e.body_text()))?;
     let q = query.parse()?;
     if !app.index.caught_up() {

@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -17,9 +17,10 @@ use futures::stream::{self, Stream};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::{ApiError, Rejected};
-use super::jobs::lookup;
+use super::extract::MyJob;
 use super::openapi::ErrorBody;
 use super::state::AppState;
+use crate::auth::Caller;
 use crate::index::watch::{JobWatch, TenantChange, TenantWatch};
 use crate::index::JobView;
 use imagejobs_core::ids::{JobId, TenantId};
@@ -82,10 +83,9 @@ struct JobStream {
         (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 404, description = "No such job, or another tenant's", body = ErrorBody), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn job_events(
     State(app): State<AppState>,
+    MyJob { job, .. }: MyJob,
     headers: HeaderMap,
-    Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (_, job) = lookup(&app, &headers, &id)?;
     let sent = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -137,9 +137,8 @@ struct TenantStream {
         (status = 401, description = "No token, or one that is malformed, badly signed, expired or for another audience", body = ErrorBody, headers(("WWW-Authenticate" = String))), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn tenant_events(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let caller = app.verifier.verify_headers(&headers)?;
     let state = TenantStream {
         _permit: permit(&app)?,
         watch: app.index.watch_tenant(caller.tenant_id),

@@ -3,6 +3,7 @@
 mod cancel;
 pub mod dashboard;
 pub mod error;
+pub mod extract;
 mod jobs;
 mod live;
 pub mod openapi;
@@ -30,7 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
-        .route("/metrics", get(crate::metrics::scrape))
+        .route("/metrics", get(scrape))
         .route("/api/v1/job", submit_route)
         .route(
             "/api/v1/job/{id}",
@@ -75,6 +76,18 @@ async fn method_not_allowed(resp: axum::response::Response) -> axum::response::R
         out.headers_mut().insert(axum::http::header::ALLOW, allow);
     }
     out
+}
+
+/// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
+async fn scrape(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = app.metrics.render(&app.index, &app.broker);
+    let content_type = imagejobs_core::metrics::CONTENT_TYPE;
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// Seed compatible liveness.

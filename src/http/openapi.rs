@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::index::{Backlog, JobView};
+use crate::index::{Backlog, JobView, StatusName};
 
 /// The error body of every 4xx and 5xx: the seed's shape.
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -20,18 +20,6 @@ pub struct ErrorBody {
     pub code: u16,
     /// What went wrong, for a person.
     pub details: String,
-}
-
-/// A job's status.
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum StatusName {
-    Queued,
-    Running,
-    Retrying,
-    Success,
-    Failed,
-    Cancelled,
 }
 
 /// `202` to a submit: the job is durable (the broker confirmed it).
@@ -141,7 +129,7 @@ impl Modify for BearerAuth {
         license(name = "MIT"),
     ),
     paths(
-        super::ping, super::healthz, super::ready, crate::metrics::scrape,
+        super::ping, super::healthz, super::ready, super::scrape,
         super::submit::submit, super::jobs::job, super::cancel::cancel, super::jobs::status,
         super::live::job_events, super::result::result, super::jobs::list,
         super::live::tenant_events, super::dashboard::stats, openapi_json,

@@ -4,12 +4,12 @@
 //! absolute URL, so that a CDN or object store in front serves the bytes (DESIGN §10.1).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 
 use super::error::ApiError;
-use super::jobs::lookup;
+use super::extract::MyJob;
 use super::openapi::ErrorBody;
 use super::state::AppState;
 use imagejobs_core::status::Status;
@@ -23,10 +23,8 @@ use imagejobs_core::status::Status;
         (status = 502, description = "The blob service failed to hand over the result", body = ErrorBody), (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn result(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    MyJob { job, .. }: MyJob,
 ) -> Result<Response, ApiError> {
-    let (_, job) = lookup(&app, &headers, &id)?;
     let location = match (&job.status, &job.payload_location) {
         (Status::Success, Some(location)) => location,
         _ => return Err(ApiError::NoResult),

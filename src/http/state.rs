@@ -42,7 +42,7 @@ pub struct Shared {
     /// One permit per event stream open (`MAX_WATCHERS`).
     pub watchers: Arc<tokio::sync::Semaphore>,
     /// The dashboard's cached queue depth.
-    pub queue_depth: super::dashboard::QueueDepth,
+    pub queue_depth: crate::queue_depth::QueueDepth,
     /// Cancelled at shutdown: event streams end so that their clients move on.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

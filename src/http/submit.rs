@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::openapi::{Accepted, ErrorBody};
 use super::state::AppState;
 use super::upload::{self, BodyKind};
+use crate::auth::Caller;
 use crate::idempotency;
 use crate::submitter::{Carriage, Submission};
 use imagejobs_core::ids::{JobId, Md5, Md5Stream};
@@ -43,10 +44,10 @@ use tracing::Instrument;
         (status = 503, description = "The broker is unavailable or blocked, the index is catching up, or too many requests are in flight", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait")))))]
 pub async fn submit(
     State(app): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = app.verifier.verify_headers(&headers)?;
     if let Some(limiter) = &app.limiter {
         limiter
             .check(caller.tenant_id)

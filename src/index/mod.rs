@@ -98,6 +98,18 @@ impl Record {
     }
 }
 
+/// A job's status.
+#[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum StatusName {
+    Queued,
+    Running,
+    Retrying,
+    Success,
+    Failed,
+    Cancelled,
+}
+
 /// A job as the API shows it (DESIGN §3); absent values are omitted.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JobView {
@@ -107,7 +119,7 @@ pub struct JobView {
     pub tenant_id: TenantId,
     #[schema(value_type = i64)]
     pub client_id: ClientId,
-    #[schema(value_type = crate::http::openapi::StatusName)]
+    #[schema(value_type = StatusName)]
     pub status: Status,
     /// Where the result is (after SUCCESS), or the input image (a job by reference).
     #[serde(skip_serializing_if = "Option::is_none")]
