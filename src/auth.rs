@@ -37,7 +37,7 @@ pub enum AuthError {
     Invalid(String),
 }
 
-/// The claims we read. `tid` and `oid` are integers (DESIGN §3): a string such as `"1"` is
+/// The claims we read. `tid` and `oid` are integers (docs/http-api.md): a string such as `"1"` is
 /// refused. `aud` is a string or an array of strings (RFC 7519 §4.1.3); jsonwebtoken checks
 /// it against the configured audience.
 #[derive(Serialize, Deserialize)]
@@ -254,7 +254,7 @@ pub fn mint(
     )
 }
 
-/// A token of the seed's documented example shape (DESIGN §3): HS256 signed with
+/// A token of the seed's documented example shape (docs/http-api.md): HS256 signed with
 /// `your-256-bit-secret`, claims `{"tid":1,"oid":1,"aud":"com.company.jobservice"}`, no exp.
 pub const SEED_EXAMPLE_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ0aWQiOjEsIm9pZCI6MSwiYXVkIjoiY29tLmNvbXBhbnkuam9ic2VydmljZSJ9.buXbaC5GY3S9woDgn4p6e_KjtuA568MGzBP5jBl0DAQ";
 

@@ -1,5 +1,5 @@
 //! The ingress's client of the blob service: it stores large images before their job is
-//! published (the claim check, DESIGN §10.1) and fetches results for
+//! published (the claim check, docs/http-api.md, "Images by reference") and fetches results for
 //! `GET /api/v1/job/{id}/result`.
 //!
 //! The PUT is the consumer's own call (`PUT {BLOB_SERVICE_URL}/blob/{job_id}`, the raw

@@ -1,4 +1,4 @@
-//! The ingress's Prometheus metrics (`GET /metrics`, DESIGN §3).
+//! The ingress's Prometheus metrics (`GET /metrics`, docs/http-api.md).
 //!
 //! Labels are bounded by construction: the outcome and status code of a submit, a route
 //! template (never a path with a job id in it), why a request was turned away.

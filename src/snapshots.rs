@@ -1,5 +1,6 @@
-//! Where the job index's snapshots are kept (DESIGN §10.2): this replica's own directory
-//! (`INDEX_SNAPSHOT_DIR`), and a blob store every replica shares (`INDEX_SNAPSHOT_URL`).
+//! Where the job index's snapshots are kept (README.md, "The job index"): this replica's
+//! own directory (`INDEX_SNAPSHOT_DIR`), and a blob store every replica shares
+//! (`INDEX_SNAPSHOT_URL`).
 //!
 //! A snapshot is the index as of one offset of the events stream; at start the ingress
 //! loads the newest valid one and replays only what came after it. The file format (and

@@ -6,8 +6,9 @@
 //! of that is durable. It knows nothing of HTTP: its errors are [`SubmitError`], which the
 //! API maps to 502 and 503.
 //!
-//! The claim check (DESIGN §10.1): an image of at least `CLAIM_CHECK_MIN_BYTES` is PUT to
-//! the blob service first, and the job message carries an empty body with
+//! The claim check (docs/http-api.md, "Images by reference"): an image of at least
+//! `CLAIM_CHECK_MIN_BYTES` is PUT to the blob service first, and the job message carries an
+//! empty body with
 //! `payload_location`, `payload_size` and `md5` headers. RabbitMQ writes every byte of a
 //! message to a quorum queue's log on a majority of nodes; a reference keeps the broker's
 //! work per job at a few hundred bytes whatever the image.

@@ -1,4 +1,4 @@
-//! `imagejobs-consumer` settings (DESIGN §7), parsed once into typed values.
+//! `imagejobs-consumer` settings (README.md, "Configuration"), parsed once into typed values.
 
 use std::time::Duration;
 

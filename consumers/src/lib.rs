@@ -7,7 +7,7 @@
 //! - `cancels`: the cancels read from the control stream, and the jobs they stop.
 //! - `subscription`: the consume loop on one connection, one task per delivery.
 //! - `delivery`: one delivery from validation to ack or requeue.
-//! - [`outcome`]: the rules of DESIGN §5 as a pure function, from how an attempt ended to
+//! - [`outcome`]: the rules of docs/consumer.md as a pure function, from how an attempt ended to
 //!   what is published and whether the delivery is acked.
 //! - `pipeline`: the service calls of one attempt; [`retry`]: the in-process retry tier;
 //!   [`services`]: the HTTP clients.

@@ -1,4 +1,4 @@
-//! The consumer's Prometheus metrics (`GET /metrics` on `METRICS_PORT`, DESIGN §3).
+//! The consumer's Prometheus metrics (`GET /metrics` on `METRICS_PORT`, docs/http-api.md).
 //!
 //! Labels are bounded by construction: a status, a retry tier, a dead-letter reason class,
 //! a stage of the pipeline.

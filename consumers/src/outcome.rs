@@ -1,9 +1,9 @@
-//! What becomes of a delivery, decided without a broker (DESIGN §5).
+//! What becomes of a delivery, decided without a broker (docs/consumer.md).
 //!
 //! [`settle`] is a pure function of the job, how its attempt ended ([`Outcome`]) and the
 //! retry delays: it says which copy of the message to publish where, which status event
 //! to report, and whether to ack or to return the delivery. `delivery` carries the
-//! [`Settlement`] out; one unit test per row of DESIGN §5 pins the rules.
+//! [`Settlement`] out; one unit test per row of docs/consumer.md pins the rules.
 //!
 //! | outcome | copy | event | then |
 //! | --- | --- | --- | --- |

@@ -1,4 +1,4 @@
-//! The in-process retry tier (DESIGN §5, tier 1): a bounded, jittered exponential backoff
+//! The in-process retry tier (docs/consumer.md, tier 1): a bounded, jittered exponential backoff
 //! around one service call, for blips shorter than a few seconds. What still fails goes to
 //! the delayed-retry queues (tier 2, see `job`).
 

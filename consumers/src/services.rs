@@ -1,4 +1,4 @@
-//! Clients of the blob and worker services (DESIGN §5), over one pooled HTTP client.
+//! Clients of the blob and worker services (docs/consumer.md), over one pooled HTTP client.
 //!
 //! Every call is idempotent by job id: the blob is PUT at the job's id and the worker
 //! deduplicates on the `id` we send, so a redelivered job repeats calls harmlessly.
@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use imagejobs_core::ids::{JobId, Md5};
 use imagejobs_core::trace::TraceContext;
 
-/// The W3C header every call carries (DESIGN §4).
+/// The W3C header every call carries (docs/amqp.md).
 const TRACEPARENT: &str = "traceparent";
 
-/// How a failed call should be treated (DESIGN §5).
+/// How a failed call should be treated (docs/consumer.md).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CallError {
     /// Connection errors, timeouts, 429 and 5xx: worth retrying.
@@ -116,7 +116,7 @@ pub struct Submitted {
     pub result: Option<WorkerStatus>,
 }
 
-/// What the worker is asked to do (DESIGN §5).
+/// What the worker is asked to do (docs/consumer.md).
 #[derive(Debug, Serialize)]
 pub struct WorkerRequest<'a> {
     pub id: JobId,

@@ -1,6 +1,6 @@
 //! The subscription to the work queue's lanes on one live connection: a consumer per
 //! lane, and the turn-taking that gives each lane with work an equal share of the jobs in
-//! flight (fair share between tenants, DESIGN §10.5).
+//! flight (fair share between tenants, ARCHITECTURE.md, "Fair share").
 //!
 //! Each lane's consumer may hold `prefetch` deliveries, so that a lane alone can fill
 //! every slot (a tenant alone runs as fast as on one queue); at most `prefetch` jobs run

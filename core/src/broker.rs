@@ -1,7 +1,8 @@
 //! The broker connection: a supervisor that owns it, a pool of confirm channels on it,
 //! and confirmed publishing.
 //!
-//! lapin's automatic recovery has had open bugs around broker restarts (DESIGN §9), so we
+//! lapin's automatic recovery has had open bugs around broker restarts (connections and
+//! channels reported open that the broker had closed, consumers not re-registered), so we
 //! own recovery: a supervisor task connects, declares the topology, publishes the live
 //! connection through a `watch` channel, waits for the connection to fail, and starts
 //! over with backoff. Nothing is ever re-used from a dead connection: its pooled

@@ -1,6 +1,7 @@
 //! Settings shared by every process that talks to the broker, parsed once by clap from
-//! flags or environment variables (DESIGN §7) into domain types: durations, sizes, URLs.
-//! Nothing past this module converts a `u64` of milliseconds or re-parses a string.
+//! flags or environment variables (README.md, "Configuration") into domain types:
+//! durations, sizes, URLs. Nothing past this module converts a `u64` of milliseconds or
+//! re-parses a string.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -121,7 +122,7 @@ impl BrokerArgs {
     }
 }
 
-/// The names and limits of the topology (DESIGN §4).
+/// The names and limits of the topology (docs/amqp.md).
 #[derive(Args, Clone, Debug, PartialEq)]
 pub struct TopologyArgs {
     /// Prefix of every exchange and queue name, so several deployments share one broker.
@@ -132,11 +133,12 @@ pub struct TopologyArgs {
     #[arg(long, env = "QUEUE_MAX_LENGTH", default_value_t = 1_000_000)]
     pub queue_max_length: u64,
 
-    /// Lanes of the work queue (DESIGN §10.5): jobs are spread over this many quorum queues
-    /// by a consistent hash of their `tenant_id`, and every consumer serves its lanes in
-    /// turn, so one tenant's backlog holds up only the tenants that share its lane. The
-    /// same on every ingress and consumer of a deployment; raising it moves a few tenants
-    /// to new lanes, lowering it strands the removed lanes' jobs (drain them first).
+    /// Lanes of the work queue (ARCHITECTURE.md, "Fair share"): jobs are spread over this
+    /// many quorum queues by a consistent hash of their `tenant_id`, and every consumer
+    /// serves its lanes in turn, so one tenant's backlog holds up only the tenants that
+    /// share its lane. The same on every ingress and consumer of a deployment; raising it
+    /// moves a few tenants to new lanes, lowering it strands the removed lanes' jobs (drain
+    /// them first).
     #[arg(long, env = "JOB_LANES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub job_lanes: u16,
 

@@ -1,4 +1,4 @@
-//! The job message on the wire (DESIGN §4): its headers, and the codec between a message's
+//! The job message on the wire (docs/amqp.md): its headers, and the codec between a message's
 //! AMQP properties and [`JobMeta`].
 //!
 //! Every header name any process reads or writes is in [`header`], and [`HEADERS`] says, as
@@ -171,7 +171,7 @@ pub enum InvalidJob {
 }
 
 /// A header as an integer, whatever its AMQP width. A string is not an integer, even
-/// `"7"`: DESIGN §4 says integers, and a publisher that sends strings is told so (its
+/// `"7"`: docs/amqp.md says integers, and a publisher that sends strings is told so (its
 /// job is dead-lettered with the reason) rather than guessed at.
 pub fn header_int(value: &AMQPValue) -> Option<i64> {
     match value {
@@ -274,7 +274,7 @@ pub fn copied_headers(
 }
 
 impl JobMeta {
-    /// Parses the job's facts from a message's properties (DESIGN §4). Does not look at
+    /// Parses the job's facts from a message's properties (docs/amqp.md). Does not look at
     /// the body; see [`JobMessage::validate`] for that.
     pub fn from_properties(props: &BasicProperties) -> Result<Self, InvalidJob> {
         Self::parse(props).map_err(|(e, _)| e)
@@ -368,7 +368,7 @@ impl JobMeta {
     }
 
     /// The message properties of a job message: persistent, with id, type, time and the
-    /// headers of DESIGN §4.
+    /// headers of docs/amqp.md.
     pub fn to_properties(&self) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN §3 `/metrics`): helpers over `prometheus-client`, the
+//! Prometheus metrics (docs/http-api.md `/metrics`): helpers over `prometheus-client`, the
 //! broker connection's own metrics, and a small listener for processes that have no web
 //! server of their own (the consumer's `METRICS_PORT`).
 //!
@@ -85,9 +85,9 @@ impl BrokerMetrics {
     }
 }
 
-/// Serves `GET /metrics` (and `GET /healthz`, for a liveness probe) on `listener` until `shutdown`; `render` is
-/// called for every scrape. HTTP/1 only, one short request per connection at a time,
-/// with a bound on how long a scrape's head may take.
+/// Serves `GET /metrics` (and `GET /healthz`, for a liveness probe) on `listener` until
+/// `shutdown`; `render` is called for every scrape. HTTP/1 only, one short request per
+/// connection at a time, with a bound on how long a scrape's head may take.
 pub async fn serve(
     listener: TcpListener,
     render: Arc<dyn Fn() -> String + Send + Sync>,

@@ -1,4 +1,4 @@
-//! A job's status and the status event that reports a change of it (DESIGN §4).
+//! A job's status and the status event that reports a change of it (docs/amqp.md).
 
 use std::fmt;
 use std::time::SystemTime;
@@ -67,7 +67,7 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// A status event, published as JSON on the events exchange (DESIGN §4).
+/// A status event, published as JSON on the events exchange (docs/amqp.md).
 ///
 /// `status` is kept as a string on the wire so that readers can skip statuses they do not
 /// know (marker events, statuses added later) instead of failing to parse the event.

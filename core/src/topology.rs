@@ -1,4 +1,4 @@
-//! Every broker name and declaration (DESIGN §4), derived from `AMQP_PREFIX`.
+//! Every broker name and declaration (docs/amqp.md), derived from `AMQP_PREFIX`.
 //!
 //! The declarations are data first ([`Topology::declarations`]) so that the same list
 //! declares the topology on a channel at start-up and renders `rabbitmq/definitions.json`

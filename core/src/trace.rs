@@ -1,5 +1,5 @@
 //! W3C trace context (`traceparent`, `tracestate`): one trace per job, from the HTTP
-//! submit through the job message's headers to the blob and worker calls (DESIGN §4).
+//! submit through the job message's headers to the blob and worker calls (docs/amqp.md).
 //!
 //! The format is four dash-separated lowercase hex fields, `00-{trace 32}-{parent 16}-{flags 2}`.
 //! An all-zero trace or parent id is invalid; a future version with extra fields is read

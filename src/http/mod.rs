@@ -1,4 +1,4 @@
-//! The ingress's HTTP API (DESIGN §3): routes, shared state and the error type.
+//! The ingress's HTTP API (docs/http-api.md): routes, shared state and the error type.
 
 mod cancel;
 pub mod dashboard;

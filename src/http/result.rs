@@ -1,7 +1,8 @@
 //! `GET /api/v1/job/{id}/result`: the job's result (the worker's thumbnail) streamed from
 //! the blob service to the job's own tenant, so that browsers and clients never reach the
-//! blob service themselves; or, with `RESULT_REDIRECT=true`, a 307 to the result's
-//! absolute URL, so that a CDN or object store in front serves the bytes (DESIGN §10.1).
+//! blob service themselves; or, with `RESULT_REDIRECT=true`, a 307 to the result's absolute
+//! URL, so that a CDN or object store in front serves the bytes (docs/http-api.md, "Images
+//! by reference").
 
 use axum::body::Body;
 use axum::extract::State;

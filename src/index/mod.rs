@@ -110,7 +110,7 @@ pub enum StatusName {
     Cancelled,
 }
 
-/// A job as the API shows it (DESIGN §3); absent values are omitted.
+/// A job as the API shows it (docs/http-api.md); absent values are omitted.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     #[schema(value_type = String, format = Uuid)]

@@ -1,5 +1,6 @@
-//! The job index as a file (DESIGN §10.2): written as of one offset of the events stream,
-//! read back into an empty index that answers every `get` and `list` as the original did.
+//! The job index as a file (README.md, "The job index"): written as of one offset of the
+//! events stream, read back into an empty index that answers every `get` and `list` as the
+//! original did.
 //!
 //! Layout (little-endian, fixed-size records, no per-record allocation either way):
 //! ```text

@@ -16,12 +16,12 @@ pub const DEFAULT_BLOB_CAPACITY: usize = 100_000;
 /// Default number of bytes of blob content kept in memory before the oldest are evicted:
 /// 4 GiB.
 ///
-/// With the claim check (DESIGN §10.1) the ingress stores an image at submit time, so the
-/// store must hold every input still queued: an input evicted before its worker ran is a
-/// false FAILED. 4 GiB holds a backlog of about 1,360 images of 3 MiB (1 GiB held only 340,
-/// a few seconds of submits by reference under `make run`) or 28,000 of 145 KiB, with room
-/// for the thumbnails; `make chaos` stays below 300 MiB. A real object store expires inputs
-/// with a lifecycle rule instead.
+/// With the claim check (docs/http-api.md, "Images by reference") the ingress stores an
+/// image at submit time, so the store must hold every input still queued: an input evicted
+/// before its worker ran is a false FAILED. 4 GiB holds a backlog of about 1,360 images of
+/// 3 MiB (1 GiB held only 340, a few seconds of submits by reference under `make run`) or
+/// 28,000 of 145 KiB, with room for the thumbnails; `make chaos` stays below 300 MiB. A
+/// real object store expires inputs with a lifecycle rule instead.
 pub const DEFAULT_BLOB_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// Default largest image decoded: 40 megapixels (160 MB as RGBA8).

@@ -1,6 +1,7 @@
-//! The claim check (DESIGN §10.1) against the real stack: which images travel by
-//! reference, what such a job message holds, what a failing blob service makes of a
-//! submit, keyed retries, a direct publisher's reference, and results by redirect.
+//! The claim check (docs/http-api.md, "Images by reference") against the real stack: which
+//! images travel by reference, what such a job message holds, what a failing blob service
+//! makes of a submit, keyed retries, a direct publisher's reference, and results by
+//! redirect.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};

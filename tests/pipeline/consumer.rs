@@ -1,4 +1,4 @@
-//! Consumers: the flow of DESIGN §5 against real stubs and a real broker.
+//! Consumers: the flow of docs/consumer.md against real stubs and a real broker.
 
 use std::time::Duration;
 
@@ -181,7 +181,7 @@ async fn a_worker_failure_is_a_result_not_a_dead_letter() {
     consumer.stop().await;
 }
 
-/// Publishes a job as a direct publisher would (DESIGN §4) and waits for the confirm.
+/// Publishes a job as a direct publisher would (docs/amqp.md) and waits for the confirm.
 async fn publish_job(
     ch: &lapin::Channel,
     topo: &imagejobs_core::topology::Topology,
@@ -248,7 +248,7 @@ async fn invalid_messages_go_to_the_dead_queue_with_a_reason() {
         (
             job_props(
                 Some(&ids[1]),
-                // A number in a string is still not an integer (DESIGN §4).
+                // A number in a string is still not an integer (docs/amqp.md).
                 Some(AMQPValue::LongString("7".into())),
                 None,
             ),

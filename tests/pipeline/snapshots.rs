@@ -1,9 +1,9 @@
-//! Index snapshots and retention (DESIGN §10.2), against the real stack: a replica that
-//! restarts from its own snapshot, one that starts from the shared one, snapshots that must
-//! be ignored (truncated, corrupt, another prefix, another version, empty, noise), one
-//! whose offsets the stream no longer holds, and finished jobs leaving the index.
-//! Every replica that loads a snapshot is compared, job by job and page by page, with one
-//! that replayed the whole stream.
+//! Index snapshots and retention (README.md, "The job index"), against the real stack: a
+//! replica that restarts from its own snapshot, one that starts from the shared one,
+//! snapshots that must be ignored (truncated, corrupt, another prefix, another version,
+//! empty, noise), one whose offsets the stream no longer holds, and finished jobs leaving
+//! the index. Every replica that loads a snapshot is compared, job by job and page by page,
+//! with one that replayed the whole stream.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The events stream (DESIGN §4): the one place that publishes status events and the one
+//! The events stream (docs/amqp.md): the one place that publishes status events and the one
 //! place that reads them back.
 //!
 //! - [`EventSink`] publishes status events with group commit: events of concurrent jobs

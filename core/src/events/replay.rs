@@ -4,7 +4,7 @@
 //! leader (rabbitmq-server#9457, open; 3.10 also lacks the fix of #9165). The chaos run saw
 //! it on three nodes: groups published while the stream had no leader, confirmed seconds
 //! later when a new one was elected, were read by no reader ever after. A status event
-//! is idempotent (DESIGN §4: events may come twice; the index never moves backwards), so
+//! is idempotent (docs/amqp.md: events may come twice; the index never moves backwards), so
 //! the sink keeps what it published in the last [`KEEP`] and, when a confirm was slow or a
 //! publish failed (the sign of a failover), publishes every group confirmed since a little
 //! before that again, once the stream has had [`SETTLE`] to recover.

@@ -6,7 +6,7 @@
 //! in flight goes out at once, alone, so light load sees no added latency; events that
 //! arrive while a publish awaits its confirm fill the next group, which goes out when that
 //! confirm comes (or at once when the group reaches its cap of events or bytes). A group
-//! of several events is one message holding a JSON array (DESIGN §4). Every waiter of a
+//! of several events is one message holding a JSON array (docs/amqp.md). Every waiter of a
 //! group gets the group's result: a nack, a timeout or a lost connection fails them all,
 //! exactly as a failed single publish would.
 //!
