@@ -1,6 +1,6 @@
 //! The ingress process: configuration, start-up and serving until shutdown.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +32,11 @@ use crate::snapshots::{SnapshotSettings, Snapshots};
 use crate::submitter::{ClaimCheck, Submitter};
 
 /// `imagejobs-ingress`: the HTTP API that validates and publishes image jobs.
-#[derive(Parser, Clone, Debug, PartialEq)]
+#[derive(Parser, Clone, Debug, PartialEq, serde::Serialize)]
 #[command(name = "imagejobs-ingress", version, about, args_override_self = true)]
 pub struct IngressConfig {
     #[command(flatten)]
+    #[serde(flatten)]
     pub broker: BrokerArgs,
 
     /// Address to listen on.
@@ -48,6 +49,7 @@ pub struct IngressConfig {
 
     /// HS256 secret that client tokens are signed with.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    #[serde(skip)] // in the environment, where `ps` does not show it
     pub jwt_secret: Option<Secret>,
 
     /// File holding the JWT secret (used when JWT_SECRET is unset).
@@ -81,6 +83,7 @@ pub struct IngressConfig {
 
     /// How long a submit waits for the broker's confirm before answering 503 (ms).
     #[arg(long = "publish-timeout-ms", env = "PUBLISH_TIMEOUT_MS", default_value = "5000", value_parser = config::millis)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::millis")]
     pub publish_timeout: Duration,
 
     /// Public key (PEM) that client tokens are checked with, instead of a shared secret.
@@ -103,10 +106,12 @@ pub struct IngressConfig {
     /// Seconds a client has to send a request's head, counted from the connection's start
     /// or the end of the previous response (so idle keep-alive connections close too).
     #[arg(long = "header-timeout-secs", env = "HEADER_TIMEOUT_SECS", default_value = "10", value_parser = config::secs)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::secs")]
     pub header_timeout: Duration,
 
     /// Seconds a client has to send a submit's whole body.
     #[arg(long = "body-timeout-secs", env = "BODY_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::secs")]
     pub body_timeout: Duration,
 
     /// Requests in flight at most; beyond them the answer is 503 with Retry-After.
@@ -115,6 +120,7 @@ pub struct IngressConfig {
 
     /// On SIGTERM, seconds to let requests in flight finish before closing the rest.
     #[arg(long = "drain-timeout-secs", env = "DRAIN_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::secs")]
     pub drain_timeout: Duration,
 
     /// Base URL of the blob service, where `GET /api/v1/job/{id}/result` fetches results
@@ -124,6 +130,7 @@ pub struct IngressConfig {
         env = "BLOB_SERVICE_URL",
         default_value = "http://127.0.0.1:8081/api/v1"
     )]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::display")]
     pub blob_service_url: reqwest::Url,
 
     /// CA certificates (PEM) to trust for an `https://` blob service, besides the system's.
@@ -138,6 +145,7 @@ pub struct IngressConfig {
     /// How long a submit waits for the blob service's answer to its PUT before it answers
     /// 503 (ms).
     #[arg(long = "blob-put-timeout-ms", env = "BLOB_PUT_TIMEOUT_MS", default_value = "10000", value_parser = config::millis)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::millis")]
     pub blob_put_timeout: Duration,
 
     /// Answer `GET /api/v1/job/{id}/result` with a 307 to the result's absolute URL (a CDN
@@ -147,6 +155,7 @@ pub struct IngressConfig {
 
     /// Seconds between the comment lines that keep an idle event stream open.
     #[arg(long = "sse-heartbeat-secs", env = "SSE_HEARTBEAT_SECS", default_value = "15", value_parser = config::secs)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::secs")]
     pub sse_heartbeat: Duration,
 
     /// Event streams (`/events`) open at once at most; beyond them the answer is 503.
@@ -160,56 +169,26 @@ pub struct IngressConfig {
 
     /// How often the index is snapshotted (also at a graceful shutdown): `5m`, `30s`, ...
     #[arg(long, env = "INDEX_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = config::duration)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::duration")]
     pub index_snapshot_interval: Duration,
 
     /// Base URL of a blob store (PUT/GET `{url}/{name}`) where replicas share snapshots,
     /// so that a new replica with an empty disk starts from the newest; unset = not shared.
     #[arg(long, env = "INDEX_SNAPSHOT_URL")]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::display_opt")]
     pub index_snapshot_url: Option<reqwest::Url>,
 
     /// Finished jobs leave the index this long after their final status (404 afterwards);
     /// unfinished jobs never do: `7d`, `36h`, ...
     #[arg(long, env = "INDEX_RETENTION", default_value = "7d", value_parser = config::duration)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::duration")]
     pub index_retention: Duration,
 }
 
 impl Default for IngressConfig {
     /// The command line's defaults, without reading the environment (no JWT secret).
     fn default() -> Self {
-        IngressConfig {
-            broker: BrokerArgs::default(),
-            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            port: 9000,
-            jwt_secret: None,
-            jwt_secret_file: None,
-            jwt_audience: None,
-            jwt_require_exp: false,
-            max_body_bytes: ByteSize::mib(3),
-            tenant_rate: 0,
-            tenant_burst: None,
-            amqp_channels: 8,
-            publish_timeout: Duration::from_secs(5),
-            jwt_public_key_file: None,
-            jwt_algorithm: "HS256".into(),
-            tls_cert_file: None,
-            tls_key_file: None,
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(30),
-            max_in_flight: 512,
-            drain_timeout: Duration::from_secs(30),
-            blob_service_url: reqwest::Url::parse("http://127.0.0.1:8081/api/v1")
-                .unwrap_or_else(|_| unreachable!("a valid URL")),
-            service_ca_file: None,
-            claim_check_min_bytes: ByteSize(64 * 1024),
-            blob_put_timeout: Duration::from_secs(10),
-            result_redirect: false,
-            sse_heartbeat: Duration::from_secs(15),
-            max_watchers: 10_000,
-            index_snapshot_dir: None,
-            index_snapshot_interval: Duration::from_secs(300),
-            index_snapshot_url: None,
-            index_retention: Duration::from_secs(7 * 24 * 3600),
-        }
+        imagejobs_core::flags::defaults()
     }
 }
 
@@ -256,77 +235,9 @@ impl IngressConfig {
     }
 
     /// The flags that give a child process these settings, secrets excepted: pass those
-    /// in the environment (`JWT_SECRET`), where `ps` does not show them.
+    /// in the environment (`JWT_SECRET`, `AMQP_URL`), where `ps` does not show them.
     pub fn to_args(&self) -> Vec<String> {
-        let mut out = self.broker.to_args();
-        out.extend([
-            "--host".into(),
-            self.host.to_string(),
-            "--port".into(),
-            self.port.to_string(),
-            "--jwt-require-exp".into(),
-            self.jwt_require_exp.to_string(),
-            "--max-body-bytes".into(),
-            self.max_body_bytes.to_string(),
-            "--tenant-rate".into(),
-            self.tenant_rate.to_string(),
-            "--amqp-channels".into(),
-            self.amqp_channels.to_string(),
-            "--publish-timeout-ms".into(),
-            self.publish_timeout.as_millis().to_string(),
-            "--jwt-algorithm".into(),
-            self.jwt_algorithm.clone(),
-            "--header-timeout-secs".into(),
-            self.header_timeout.as_secs().to_string(),
-            "--body-timeout-secs".into(),
-            self.body_timeout.as_secs().to_string(),
-            "--max-in-flight".into(),
-            self.max_in_flight.to_string(),
-            "--drain-timeout-secs".into(),
-            self.drain_timeout.as_secs().to_string(),
-            "--blob-service-url".into(),
-            self.blob_service_url.to_string(),
-            "--claim-check-min-bytes".into(),
-            self.claim_check_min_bytes.to_string(),
-            "--blob-put-timeout-ms".into(),
-            self.blob_put_timeout.as_millis().to_string(),
-            "--result-redirect".into(),
-            self.result_redirect.to_string(),
-            "--sse-heartbeat-secs".into(),
-            self.sse_heartbeat.as_secs().to_string(),
-            "--max-watchers".into(),
-            self.max_watchers.to_string(),
-            "--index-snapshot-interval".into(),
-            config::format_duration(self.index_snapshot_interval),
-            "--index-retention".into(),
-            config::format_duration(self.index_retention),
-        ]);
-        if let Some(dir) = &self.index_snapshot_dir {
-            out.extend(["--index-snapshot-dir".into(), dir.display().to_string()]);
-        }
-        if let Some(url) = &self.index_snapshot_url {
-            out.extend(["--index-snapshot-url".into(), url.to_string()]);
-        }
-        for (flag, path) in [
-            ("--jwt-public-key-file", &self.jwt_public_key_file),
-            ("--tls-cert-file", &self.tls_cert_file),
-            ("--tls-key-file", &self.tls_key_file),
-            ("--service-ca-file", &self.service_ca_file),
-        ] {
-            if let Some(path) = path {
-                out.extend([flag.into(), path.display().to_string()]);
-            }
-        }
-        if let Some(path) = &self.jwt_secret_file {
-            out.extend(["--jwt-secret-file".into(), path.display().to_string()]);
-        }
-        if let Some(aud) = &self.jwt_audience {
-            out.extend(["--jwt-audience".into(), aud.clone()]);
-        }
-        if let Some(burst) = self.tenant_burst {
-            out.extend(["--tenant-burst".into(), burst.to_string()]);
-        }
-        out
+        imagejobs_core::flags::to_args(self)
     }
 }
 

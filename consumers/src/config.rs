@@ -11,10 +11,11 @@ use imagejobs_core::config::{self, BrokerArgs, ByteSize};
 
 /// `imagejobs-consumer`: pulls image jobs and drives them through the blob and worker
 /// services; run as many as you like.
-#[derive(Parser, Clone, Debug, PartialEq)]
+#[derive(Parser, Clone, Debug, PartialEq, serde::Serialize)]
 #[command(name = "imagejobs-consumer", version, about, args_override_self = true)]
 pub struct ConsumerConfig {
     #[command(flatten)]
+    #[serde(flatten)]
     pub broker: BrokerArgs,
 
     /// Jobs in flight at once in this process (the broker's per-consumer prefetch).
@@ -28,6 +29,7 @@ pub struct ConsumerConfig {
         env = "WORKER_SERVICE_URL",
         default_value = "http://127.0.0.1:8080/api/v1"
     )]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::display")]
     pub worker_service_url: Url,
 
     /// Base URL of the blob service API.
@@ -36,6 +38,7 @@ pub struct ConsumerConfig {
         env = "BLOB_SERVICE_URL",
         default_value = "http://127.0.0.1:8081/api/v1"
     )]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::display")]
     pub blob_service_url: Url,
 
     /// Tries of one service call in-process, the first included.
@@ -44,18 +47,22 @@ pub struct ConsumerConfig {
 
     /// First in-process retry delay (ms); it doubles on each retry.
     #[arg(long = "retry-base-delay-ms", env = "RETRY_BASE_DELAY_MS", default_value = "100", value_parser = config::millis)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::millis")]
     pub retry_base_delay: Duration,
 
     /// Cap of one in-process retry delay (ms).
     #[arg(long = "retry-max-delay-ms", env = "RETRY_MAX_DELAY_MS", default_value = "2000", value_parser = config::millis)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::millis")]
     pub retry_max_delay: Duration,
 
     /// How long a worker job may run before the attempt counts as failed and is retried (s).
     #[arg(long = "job-timeout-secs", env = "JOB_TIMEOUT_SECS", default_value = "300", value_parser = config::secs)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::secs")]
     pub job_timeout: Duration,
 
     /// Timeout of one HTTP call to a service (s).
     #[arg(long = "http-timeout-secs", env = "HTTP_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::secs")]
     pub http_timeout: Duration,
 
     /// Largest image a job may carry (bytes, or with a unit: 3MiB); a larger one is
@@ -71,6 +78,7 @@ pub struct ConsumerConfig {
     /// On SIGTERM, how long to let jobs in flight finish before returning the rest to the
     /// queue (s).
     #[arg(long = "drain-timeout-secs", env = "DRAIN_TIMEOUT_SECS", default_value = "30", value_parser = config::secs)]
+    #[serde(serialize_with = "imagejobs_core::flags::ser::secs")]
     pub drain_timeout: Duration,
 
     /// Serve Prometheus metrics on this port (`GET /metrics`, all interfaces); `0` picks a
@@ -79,65 +87,18 @@ pub struct ConsumerConfig {
     pub metrics_port: Option<u16>,
 }
 
-/// A URL of the defaults below: literals, checked by the test that parses the defaults.
-fn url(s: &str) -> Url {
-    Url::parse(s).expect("a default URL parses")
-}
-
 impl Default for ConsumerConfig {
     /// The command line's defaults, without reading the environment.
     fn default() -> Self {
-        ConsumerConfig {
-            broker: BrokerArgs::default(),
-            prefetch: 32,
-            worker_service_url: url("http://127.0.0.1:8080/api/v1"),
-            blob_service_url: url("http://127.0.0.1:8081/api/v1"),
-            retry_max_attempts: 3,
-            retry_base_delay: Duration::from_millis(100),
-            retry_max_delay: Duration::from_millis(2000),
-            job_timeout: Duration::from_secs(300),
-            http_timeout: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(30),
-            max_body_bytes: ByteSize::mib(3),
-            service_ca_file: None,
-            metrics_port: None,
-        }
+        imagejobs_core::flags::defaults()
     }
 }
 
 impl ConsumerConfig {
-    /// The flags that give a child process these settings.
+    /// The flags that give a child process these settings (the URL excepted: pass
+    /// `broker.to_env()` along).
     pub fn to_args(&self) -> Vec<String> {
-        let mut out = self.broker.to_args();
-        out.extend([
-            "--prefetch".into(),
-            self.prefetch.to_string(),
-            "--worker-service-url".into(),
-            self.worker_service_url.to_string(),
-            "--blob-service-url".into(),
-            self.blob_service_url.to_string(),
-            "--retry-max-attempts".into(),
-            self.retry_max_attempts.to_string(),
-            "--retry-base-delay-ms".into(),
-            self.retry_base_delay.as_millis().to_string(),
-            "--retry-max-delay-ms".into(),
-            self.retry_max_delay.as_millis().to_string(),
-            "--job-timeout-secs".into(),
-            self.job_timeout.as_secs().to_string(),
-            "--http-timeout-secs".into(),
-            self.http_timeout.as_secs().to_string(),
-            "--drain-timeout-secs".into(),
-            self.drain_timeout.as_secs().to_string(),
-            "--max-body-bytes".into(),
-            self.max_body_bytes.to_string(),
-        ]);
-        if let Some(ca) = &self.service_ca_file {
-            out.extend(["--service-ca-file".into(), ca.display().to_string()]);
-        }
-        if let Some(port) = self.metrics_port {
-            out.extend(["--metrics-port".into(), port.to_string()]);
-        }
-        out
+        imagejobs_core::flags::to_args(self)
     }
 }
 

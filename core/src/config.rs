@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
+use serde::Serialize;
 
 use crate::events::GroupLimits;
 
@@ -16,12 +17,13 @@ use crate::events::GroupLimits;
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Where the broker is and how our part of it is laid out.
-#[derive(Args, Clone, Debug, PartialEq)]
+#[derive(Args, Clone, Debug, PartialEq, Serialize)]
 pub struct BrokerArgs {
     /// AMQP URL of the RabbitMQ node, or a comma-separated list of a cluster's nodes.
     /// Give credentials in the environment or in AMQP_URL_FILE, not as this flag: `ps`
     /// shows flags to everyone on the machine.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
+    #[serde(skip)] // credentials: to_env, never a flag
     pub amqp_url: AmqpUrls,
 
     /// File holding AMQP_URL (one URL or a comma-separated list); wins over AMQP_URL.
@@ -33,6 +35,7 @@ pub struct BrokerArgs {
     pub amqp_ca_file: Option<PathBuf>,
 
     #[command(flatten)]
+    #[serde(flatten)]
     pub topology: TopologyArgs,
 
     /// Most status events in one group-committed publish (they share one confirm).
@@ -45,15 +48,9 @@ pub struct BrokerArgs {
 }
 
 impl Default for BrokerArgs {
+    /// The command line's defaults, without reading the environment.
     fn default() -> Self {
-        BrokerArgs {
-            amqp_url: DEFAULT_AMQP_URL.parse().unwrap_or_default(),
-            amqp_url_file: None,
-            amqp_ca_file: None,
-            topology: TopologyArgs::default(),
-            events_group_max: 256,
-            events_group_max_bytes: ByteSize::mib(1),
-        }
+        crate::flags::defaults()
     }
 }
 
@@ -94,23 +91,7 @@ impl BrokerArgs {
     /// The flags that give a child process these settings, all but the URL (pass
     /// [`BrokerArgs::to_env`] along).
     pub fn to_args(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (flag, path) in [
-            ("--amqp-url-file", &self.amqp_url_file),
-            ("--amqp-ca-file", &self.amqp_ca_file),
-        ] {
-            if let Some(p) = path {
-                out.extend([flag.to_owned(), p.display().to_string()]);
-            }
-        }
-        out.extend(self.topology.to_args());
-        out.extend([
-            "--events-group-max".into(),
-            self.events_group_max.to_string(),
-            "--events-group-max-bytes".into(),
-            self.events_group_max_bytes.to_string(),
-        ]);
-        out
+        crate::flags::to_args(self)
     }
 
     /// How large a group of status events may grow.
@@ -123,7 +104,7 @@ impl BrokerArgs {
 }
 
 /// The names and limits of the topology (docs/amqp.md).
-#[derive(Args, Clone, Debug, PartialEq)]
+#[derive(Args, Clone, Debug, PartialEq, Serialize)]
 pub struct TopologyArgs {
     /// Prefix of every exchange and queue name, so several deployments share one broker.
     #[arg(long, env = "AMQP_PREFIX", default_value = "imagejobs")]
@@ -169,16 +150,7 @@ pub struct TopologyArgs {
 impl Default for TopologyArgs {
     /// The command line's defaults, without reading the environment.
     fn default() -> Self {
-        TopologyArgs {
-            amqp_prefix: "imagejobs".into(),
-            queue_max_length: 1_000_000,
-            job_lanes: 16,
-            queue_delivery_limit: 10,
-            events_max_age: MaxAge::days(7),
-            events_max_bytes: ByteSize(5_000_000_000),
-            control_max_age: MaxAge::days(7),
-            retry_delays: RetryDelays([5, 30, 300].into_iter().map(Duration::from_secs).collect()),
-        }
+        crate::flags::defaults()
     }
 }
 
@@ -193,24 +165,7 @@ impl TopologyArgs {
 
     /// The flags that give a child process these settings.
     pub fn to_args(&self) -> Vec<String> {
-        vec![
-            "--amqp-prefix".into(),
-            self.amqp_prefix.clone(),
-            "--queue-max-length".into(),
-            self.queue_max_length.to_string(),
-            "--job-lanes".into(),
-            self.job_lanes.to_string(),
-            "--queue-delivery-limit".into(),
-            self.queue_delivery_limit.to_string(),
-            "--events-max-age".into(),
-            self.events_max_age.to_string(),
-            "--events-max-bytes".into(),
-            self.events_max_bytes.0.to_string(),
-            "--control-max-age".into(),
-            self.control_max_age.to_string(),
-            "--retry-delays".into(),
-            self.retry_delays.to_string(),
-        ]
+        crate::flags::to_args(self)
     }
 }
 
@@ -375,6 +330,18 @@ impl FromStr for ByteSize {
             .ok_or_else(|| format!("{s:?} is too large"))
     }
 }
+
+/// Settings serialize to the text their parsers read back (`crate::flags::to_args`).
+macro_rules! serialize_as_display {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_display!(ByteSize, MaxAge, RetryDelays);
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

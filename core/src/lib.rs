@@ -22,6 +22,7 @@ pub mod broker;
 pub mod config;
 pub mod control;
 pub mod events;
+pub mod flags;
 pub mod ids;
 pub mod message;
 pub mod metrics;
