@@ -6,8 +6,9 @@
 //! published after the stream's subscription: so a job cancelled before this consumer
 //! started, or while it was cut off from the broker, never reaches its worker. [`follow`]
 //! reads the stream from its first message, and after a lost subscription from the offset
-//! after the last one read; a marker that does not come back (unconfirmed, or the broker
-//! blocked publishers) is sent again every few seconds.
+//! after the last one read. The markers are the [`Feed`]'s (one policy for every stream
+//! reader: one that does not come back, unconfirmed or the broker blocking publishers, is
+//! sent again every few seconds).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use imagejobs_core::broker::Broker;
-use imagejobs_core::control::ControlMessage;
+use imagejobs_core::control::{ControlMarker, ControlMessage};
 use imagejobs_core::events::{Feed, FeedConfig, FeedItem, Start};
 use imagejobs_core::ids::JobId;
 
@@ -46,9 +47,6 @@ impl Default for Cancels {
         }
     }
 }
-
-/// How long a marker may take to come back before another is sent.
-const MARKER_AGAIN: Duration = Duration::from_secs(5);
 
 /// A job being run, registered with [`Cancels::track`]; unregistered when dropped.
 pub struct Tracked<'a> {
@@ -131,13 +129,6 @@ impl Cancels {
     }
 }
 
-/// The marker this follower waits for, and the connection it was sent for.
-struct Pending {
-    id: JobId,
-    connection: u64,
-    sent: tokio::time::Instant,
-}
-
 /// Reads the control stream into `cancels` until `shutdown`, from its first message.
 pub async fn follow(
     cancels: Arc<Cancels>,
@@ -146,10 +137,9 @@ pub async fn follow(
     shutdown: CancellationToken,
 ) {
     let stream = broker.topology().control_stream();
-    let mut feed = Feed::of_stream(broker.clone(), stream, Start::First, FeedConfig::default());
-    let mut pending: Option<Pending> = None;
+    let mut feed = Feed::of_stream(broker.clone(), stream, Start::First, FeedConfig::default())
+        .with_marker(ControlMarker);
     let mut forget = tokio::time::interval(Duration::from_secs(3600));
-    let mut again = tokio::time::interval(MARKER_AGAIN);
     loop {
         let item = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -157,53 +147,25 @@ pub async fn follow(
                 cancels.forget_older_than(max_age);
                 continue;
             }
-            _ = again.tick() => {
-                if let Some(p) = pending.as_mut().filter(|p| p.sent.elapsed() >= MARKER_AGAIN) {
-                    p.id = send_marker(&broker).await;
-                    p.sent = tokio::time::Instant::now();
-                }
-                continue;
-            }
             item = feed.next() => item,
         };
         match item {
-            FeedItem::Subscribed => {
-                // Subscribed on the connection that is live now.
-                let connection = broker.connections_made();
-                pending = Some(Pending {
-                    id: send_marker(&broker).await,
-                    connection,
-                    sent: tokio::time::Instant::now(),
-                });
+            FeedItem::Subscribed => {}
+            FeedItem::Synced { connection } => {
+                cancels.synced.send_replace(connection);
+                tracing::info!(
+                    cancelled = cancels.len(),
+                    "control stream read up to its end: taking jobs"
+                );
             }
             FeedItem::Message { data, .. } => match ControlMessage::decode(&data) {
                 Some(ControlMessage::Cancel { job_id, .. }) => cancels.cancel(job_id),
-                Some(ControlMessage::Marker { id })
-                    if pending.as_ref().is_some_and(|p| p.id == id) =>
-                {
-                    if let Some(p) = pending.take() {
-                        cancels.synced.send_replace(p.connection);
-                        tracing::info!(
-                            cancelled = cancels.len(),
-                            "control stream read up to its end: taking jobs"
-                        );
-                    }
-                }
                 Some(ControlMessage::Marker { .. }) => {}
                 None => tracing::debug!("skipping a control message this version does not know"),
             },
         }
     }
     feed.close().await;
-}
-
-/// Publishes a marker; its id (a marker that was not confirmed is sent again later).
-async fn send_marker(broker: &Broker) -> JobId {
-    let id = JobId::new();
-    if let Err(e) = (ControlMessage::Marker { id }).publish(broker).await {
-        tracing::warn!(error = %e, "could not publish the control stream marker; trying again");
-    }
-    id
 }
 
 #[cfg(test)]

@@ -60,6 +60,23 @@ impl ControlMessage {
     }
 }
 
+/// The control stream's [`Marker`](crate::events::Marker): a `marker` control message.
+pub struct ControlMarker;
+
+impl crate::events::Marker for ControlMarker {
+    fn publish<'a>(
+        &'a self,
+        broker: &'a Broker,
+        id: JobId,
+    ) -> futures::future::BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move { ControlMessage::Marker { id }.publish(broker).await })
+    }
+
+    fn holds(&self, data: &[u8], id: JobId) -> bool {
+        ControlMessage::decode(data) == Some(ControlMessage::Marker { id })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

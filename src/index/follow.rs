@@ -2,9 +2,10 @@
 //! (or the stream's first) at start-up, then following it; the [`Feed`] resumes after the
 //! last offset seen whenever the connection is rebuilt.
 //!
-//! Catching up: after subscribing, the follower publishes a marker event of its own and
-//! counts as caught up once it reads that marker back, since everything published before
-//! the marker is then in the index.
+//! Catching up: the [`Feed`] publishes a marker event of its own after subscribing and says
+//! `Synced` once it reads it back (`imagejobs_core::events::feed`, the same policy as the
+//! consumers' control stream); the index then counts as caught up, since everything
+//! published before the marker is in it.
 //!
 //! Snapshots (`crate::snapshots`): every `INDEX_SNAPSHOT_INTERVAL` and at shutdown the
 //! follower writes one between two stream messages, applying nothing meanwhile, so the
@@ -21,9 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use imagejobs_core::broker::Broker;
-use imagejobs_core::events::{self, EventSink, Feed, FeedItem, Start};
-use imagejobs_core::ids::JobId;
-use imagejobs_core::status::StatusEvent;
+use imagejobs_core::events::{self, EventSink, Feed, FeedItem, Start, StatusMarker};
+use imagejobs_core::status::{StatusEvent, MARKER};
 
 use super::JobIndex;
 use crate::metrics::IngressMetrics;
@@ -161,19 +161,19 @@ impl Follower {
             _ => None,
         };
         self.progress.set(REPLAYING);
-        let mut feed = Feed::new(self.broker.clone(), start);
-        let mut marker: Option<JobId> = None;
+        let mut feed = Feed::new(self.broker.clone(), start).with_marker(StatusMarker);
         let mut first = true;
         let mut last_offset: Option<i64> = expected.map(|o| o - 1);
         let mut snapshotted = last_offset;
         let interval = self.snapshots.interval().max(Duration::from_secs(1));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        // From a snapshot's offset, the marker must come back: a stream that ends before
-        // that offset (deleted and made anew) would otherwise be waited on for ever.
-        let mut marker_due: Option<tokio::time::Instant> = None;
         let ended = loop {
+            // From a snapshot's offset, the feed's marker must come back: a stream that
+            // ends before that offset (deleted and made anew) would otherwise be waited on
+            // for ever. Timed from the first marker the broker confirmed.
+            let due = feed.marker_confirmed_at().map(|t| t + MARKER_WAIT);
             let overdue = async {
-                match marker_due {
+                match due {
                     Some(due) if first => tokio::time::sleep_until(due).await,
                     _ => std::future::pending().await,
                 }
@@ -184,6 +184,8 @@ impl Follower {
                     feed.close().await;
                     return Ended::Gap { expected: expected.unwrap_or(0), found: -1 };
                 }
+                // Until a marker is confirmed, look again each second for when it was.
+                _ = tokio::time::sleep(Duration::from_secs(1)), if first && expected.is_some() && due.is_none() => continue,
                 _ = tick.tick(), if self.snapshots.enabled() => {
                     if last_offset != snapshotted {
                         snapshotted = self.snapshot(last_offset).await.or(snapshotted);
@@ -193,21 +195,16 @@ impl Follower {
                 item = feed.next() => item,
             };
             match item {
-                FeedItem::Subscribed if !self.index.caught_up() => {
-                    let ev = StatusEvent::marker();
-                    marker = Some(ev.job_id);
-                    // A marker that is not confirmed is never read back: the next
-                    // subscription publishes another.
-                    match self.sink.publish(&ev).await {
-                        Ok(()) => {
-                            marker_due = Some(tokio::time::Instant::now() + MARKER_WAIT);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not publish the catch-up marker")
-                        }
-                    }
-                }
                 FeedItem::Subscribed => {}
+                FeedItem::Synced { .. } if !self.index.caught_up() => {
+                    self.index.set_caught_up();
+                    self.progress.set(FOLLOWING);
+                    tracing::info!(
+                        jobs = self.index.len(),
+                        "job index caught up with the events stream"
+                    );
+                }
+                FeedItem::Synced { .. } => {}
                 FeedItem::Message { offset, data } => {
                     if first {
                         first = false;
@@ -224,7 +221,7 @@ impl Follower {
                     if offset.is_some() {
                         last_offset = offset;
                     }
-                    self.apply(&data, marker);
+                    self.apply(&data);
                 }
             }
         };
@@ -237,22 +234,14 @@ impl Follower {
         ended
     }
 
-    fn apply(&self, data: &[u8], marker: Option<JobId>) {
+    fn apply(&self, data: &[u8]) {
         match events::decode::<StatusEvent>(data) {
             Ok(evs) => {
                 let mut applied = 0;
-                for ev in &evs {
-                    if Some(ev.job_id) == marker {
-                        self.index.set_caught_up();
-                        self.progress.set(FOLLOWING);
-                        tracing::info!(
-                            jobs = self.index.len(),
-                            "job index caught up with the events stream"
-                        );
-                    } else {
-                        self.index.apply(ev);
-                        applied += 1;
-                    }
+                // Markers (ours among them) are events of a status the index skips.
+                for ev in evs.iter().filter(|ev| ev.status != MARKER) {
+                    self.index.apply(ev);
+                    applied += 1;
                 }
                 self.progress.applied.fetch_add(applied, Ordering::Relaxed);
                 if let Some(age) = evs.last().and_then(age_of) {

@@ -12,10 +12,51 @@ pub mod feed;
 pub mod replay;
 pub mod sink;
 
-pub use feed::{Feed, FeedConfig, FeedItem, Start};
+pub use feed::{Feed, FeedConfig, FeedItem, Marker, Start};
 pub use sink::{EventSink, GroupLimits};
 
+use futures::future::BoxFuture;
 use serde::Deserialize;
+
+use crate::broker::{Broker, PublishError};
+use crate::ids::JobId;
+use crate::status::{StatusEvent, MARKER};
+
+/// The events stream's [`Marker`]: a status event of status `MARKER` (readers skip it).
+pub struct StatusMarker;
+
+impl Marker for StatusMarker {
+    fn publish<'a>(
+        &'a self,
+        broker: &'a Broker,
+        id: JobId,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            let event = StatusEvent {
+                job_id: id,
+                ..StatusEvent::marker()
+            };
+            let body =
+                serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
+            let props = lapin::BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            let exchange = broker.topology().events_exchange();
+            broker.publish(&exchange, "", &body, props).await
+        })
+    }
+
+    fn holds(&self, data: &[u8], id: JobId) -> bool {
+        // While a feed waits for its marker it may read a long history: most messages are
+        // passed over by looking for the id's text before decoding anything.
+        let needle = id.to_string();
+        if !data.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            return false;
+        }
+        decode::<StatusEvent>(data)
+            .is_ok_and(|evs| evs.iter().any(|e| e.job_id == id && e.status == MARKER))
+    }
+}
 
 /// Reads the events of one stream message: a single event object or an array of them.
 /// Whitespace before the first byte is allowed; anything else is an error for the caller
