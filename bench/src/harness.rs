@@ -16,7 +16,7 @@ use imagejobs_core::config::ByteSize;
 use imagejobs_stubs::{StubConfig, Stubs};
 use imagejobs_testkit::deployment::{connect, wait_consumers};
 use imagejobs_testkit::process::{free_port, Service};
-use imagejobs_testkit::{token_with, try_eventually, Deployment};
+use imagejobs_testkit::{token_with, wait_ready, Deployment};
 
 use crate::broker::RETRY_DELAYS;
 use crate::config::BenchConfig;
@@ -194,20 +194,7 @@ impl Harness {
             self.config.perf,
         )?;
         let url = format!("http://127.0.0.1:{port}");
-        let ready = format!("{url}/readyz");
-        let http = self.http.clone();
-        try_eventually(ready_within, &format!("{name} /readyz 200"), || {
-            let alive = service.check_running();
-            let (http, ready) = (http.clone(), ready.clone());
-            async move {
-                alive?;
-                Ok(match http.get(&ready).send().await {
-                    Ok(r) if r.status() == 200 => Some(()),
-                    _ => None,
-                })
-            }
-        })
-        .await?;
+        wait_ready(&self.http, &url, ready_within, Some(&mut service)).await?;
         Ok(IngressProcess { service, url })
     }
 

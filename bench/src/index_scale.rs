@@ -32,7 +32,7 @@ use imagejobs_core::ids::{ClientId, JobId, Md5, TenantId};
 use imagejobs_core::status::{rfc3339, StatusEvent};
 use imagejobs_stubs::{StubConfig, Stubs};
 use imagejobs_testkit::process::{free_port, Service};
-use imagejobs_testkit::{try_eventually, Deployment};
+use imagejobs_testkit::{try_eventually, wait_ready, Deployment};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, Outgoing};
@@ -212,23 +212,7 @@ async fn ingress(
         false,
     )?;
     let url = format!("http://127.0.0.1:{port}");
-    let ready = format!("{url}/readyz");
-    try_eventually(
-        Duration::from_secs(1800),
-        &format!("{name} /readyz 200"),
-        || {
-            let alive = service.check_running();
-            let (http, ready) = (h.http.clone(), ready.clone());
-            async move {
-                alive?;
-                Ok(match http.get(&ready).send().await {
-                    Ok(r) if r.status() == 200 => Some(()),
-                    _ => None,
-                })
-            }
-        },
-    )
-    .await?;
+    wait_ready(&h.http, &url, Duration::from_secs(1800), Some(&mut service)).await?;
     Ok((service, url, started.elapsed().as_secs_f64()))
 }
 

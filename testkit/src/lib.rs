@@ -13,7 +13,8 @@
 //!   broker's nodes through `rabbitmq/node.sh`.
 //! - [`exposition`]: a strict parser of Prometheus's text format; [`spans`]: the spans
 //!   that joined a trace.
-//! - [`poll`]: `eventually`, polling with a deadline; [`tls`]: certificates made at run time.
+//! - [`poll`]: `eventually`, polling with a deadline; [`ready`]: `wait_ready`, until an
+//!   ingress's `/readyz` says 200; [`tls`]: certificates made at run time.
 //! - [`browser`]: headless Chromium through chromedriver (WebDriver), for the dashboard.
 //!
 //! ```no_run
@@ -38,6 +39,7 @@ pub mod pipeline;
 pub mod poll;
 pub mod process;
 pub mod proxy;
+pub mod ready;
 pub mod spans;
 pub mod tls;
 
@@ -48,6 +50,7 @@ pub use events::{all_events, statuses_of, EventReader};
 pub use pipeline::{Pipeline, TestConsumer, TestIngress};
 pub use poll::{eventually, try_eventually};
 pub use proxy::Proxy;
+pub use ready::wait_ready;
 
 use imagejobs::auth::{mint, Caller};
 use imagejobs_core::config::Secret;

@@ -17,8 +17,9 @@ use imagejobs_core::config::Secret;
 use imagejobs_stubs::{StubConfig, Stubs};
 
 use crate::deployment::Deployment;
-use crate::poll::{eventually, try_eventually};
+use crate::poll::eventually;
 use crate::process::{bin, free_port, Service};
+use crate::ready::wait_ready;
 use crate::{init_logs, token, SECRET};
 
 /// Stubs as tests want them: no faults, real image work, a fixed seed.
@@ -146,25 +147,16 @@ impl Pipeline {
         )
         .expect("the ingress starts");
         let url = format!("http://127.0.0.1:{}", config.port);
-        let http = reqwest::Client::new();
-        let ready = format!("{url}/readyz");
-        try_eventually(
+        if let Err(e) = wait_ready(
+            &reqwest::Client::new(),
+            &url,
             Duration::from_secs(30),
-            "the child ingress /readyz 200",
-            || {
-                let alive = service.check_running();
-                let (http, ready) = (http.clone(), ready.clone());
-                async move {
-                    alive?;
-                    Ok(match http.get(&ready).send().await {
-                        Ok(r) if r.status() == 200 => Some(()),
-                        _ => None,
-                    })
-                }
-            },
+            Some(&mut service),
         )
         .await
-        .expect("the child ingress gets ready");
+        {
+            panic!("the child ingress gets ready: {e:#}");
+        }
         (service, url)
     }
 
@@ -251,13 +243,11 @@ impl TestIngress {
         t
     }
 
+    /// Waits until `/readyz` says 200 (at most 20 s; panics with the last answer then).
     pub async fn wait_ready(&self) {
-        let url = format!("{}/readyz", self.url);
-        eventually(Duration::from_secs(20), "ingress /readyz 200", || async {
-            let r = self.http.get(&url).send().await.ok()?;
-            (r.status() == 200).then_some(())
-        })
-        .await;
+        if let Err(e) = wait_ready(&self.http, &self.url, Duration::from_secs(20), None).await {
+            panic!("ingress ready: {e:#}");
+        }
     }
 
     /// Stops it and waits until it has finished serving.

@@ -12,7 +12,8 @@ use imagejobs::ingress::IngressConfig;
 use imagejobs_consumer::ConsumerConfig;
 use imagejobs_testkit::deployment::{connect, wait_consumers};
 use imagejobs_testkit::process::{free_port, Service};
-use imagejobs_testkit::{try_eventually, Deployment};
+use imagejobs_testkit::ready::probe;
+use imagejobs_testkit::{wait_ready, Deployment};
 
 use super::SECRET;
 
@@ -47,12 +48,7 @@ pub fn watch_readiness(
         let mut was_ready = vec![true; urls.len()];
         loop {
             for (i, base) in urls.iter().enumerate() {
-                let ok = http
-                    .get(format!("{base}/readyz"))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
+                let ok = probe(&http, base, Duration::from_secs(2)).await.is_ok();
                 let mut ready = ready.lock().unwrap_or_else(|p| p.into_inner());
                 match (ok, was_ready[i]) {
                     (true, false) => ready[i] = Some(Instant::now()),
@@ -133,22 +129,12 @@ impl Fleet {
             &self.log_dir,
             false,
         )?;
-        let ready = format!("http://127.0.0.1:{port}/readyz");
-        let http = self.http.clone();
-        try_eventually(
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(
+            &self.http,
+            &url,
             Duration::from_secs(60),
-            &format!("{name} /readyz 200"),
-            || {
-                let alive = service.check_running();
-                let (http, ready) = (http.clone(), ready.clone());
-                async move {
-                    alive?;
-                    Ok(match http.get(&ready).send().await {
-                        Ok(r) if r.status() == 200 => Some(()),
-                        _ => None,
-                    })
-                }
-            },
+            Some(&mut service),
         )
         .await?;
         self.ingresses[i].1 = Some(service);
