@@ -121,7 +121,7 @@ pub async fn publish_confirmed_on(
     Ok(started.elapsed())
 }
 
-/// A job message exactly as DESIGN §4 says a direct publisher sends one: raw bytes, a UUID
+/// A job message exactly as docs/amqp.md says a direct publisher sends one: raw bytes, a UUID
 /// `message_id`, integer `tenant_id`/`client_id` headers, the content type and the MD5.
 pub fn job_message(deployment: &Deployment, image: &Image) -> MakeMessage {
     let exchange = deployment.topology.jobs_exchange();

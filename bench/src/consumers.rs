@@ -3,7 +3,7 @@
 //! one run at 20 ms, one with the real image work, and runs with 3 MiB images.
 //!
 //! Each run has a deployment of its own: the work queue is filled with job messages as a
-//! direct publisher sends them (DESIGN §4), then the consumers start, and the bench reads
+//! direct publisher sends them (docs/amqp.md), then the consumers start, and the bench reads
 //! the events stream. The rate is taken between the SUCCESS of the first tenth of the jobs
 //! and the last one, so that process start-up and the first prefetch are not in it.
 

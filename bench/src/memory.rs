@@ -132,7 +132,7 @@ jobs write three or more, so replay times are measured in that shape by the inde
     Ok(())
 }
 
-/// Events per message when feeding the stream: producers group events (DESIGN §4).
+/// Events per message when feeding the stream: producers group events (docs/amqp.md).
 const FEED_GROUP: usize = 100;
 
 /// Feeds `jobs` SUCCESS events to a fresh deployment, starts an ingress on it; returns

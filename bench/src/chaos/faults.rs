@@ -1,4 +1,4 @@
-//! The faults of a chaos run (DESIGN §8), in the order they are injected, and how each is
+//! The faults of a chaos run (RELIABILITY.md), in the order they are injected, and how each is
 //! injected and taken back.
 
 use std::time::Duration;

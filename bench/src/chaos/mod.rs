@@ -1,5 +1,5 @@
 //! `imagejobs-bench chaos` (`make chaos`): the whole pipeline under steady load while
-//! faults are injected on a schedule (DESIGN §8), then a reconciliation of every accepted
+//! faults are injected on a schedule (RELIABILITY.md), then a reconciliation of every accepted
 //! job, and one table per fault. Exits non-zero on any loss, flip or disagreement.
 //!
 //! # Layout

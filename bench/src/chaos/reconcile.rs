@@ -1,5 +1,5 @@
 //! After the faults: wait until every accepted job has ended, then check what the
-//! pipeline promises (DESIGN §8) and make the table.
+//! pipeline promises (RELIABILITY.md) and make the table.
 //!
 //! [`run`] gathers what the stream, the replicas and the services say of every accepted
 //! job, then runs one function per promise, each named for it:
@@ -46,7 +46,7 @@ const VISIBLE_LIMIT: Duration = Duration::from_secs(5);
 /// How long to wait for the accepted jobs to end after the load stopped.
 const END_WITHIN: Duration = Duration::from_secs(180);
 
-/// The chaos ingresses' claim-check rule (DESIGN §10.1), to tell which 202s travel by
+/// The chaos ingresses' claim-check rule (docs/http-api.md, "Images by reference"), to tell which 202s travel by
 /// reference: the threshold as configured, and the largest body, above which it is off.
 #[derive(Clone, Copy, Debug)]
 pub struct ClaimCheck {
