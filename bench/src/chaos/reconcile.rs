@@ -46,8 +46,9 @@ const VISIBLE_LIMIT: Duration = Duration::from_secs(5);
 /// How long to wait for the accepted jobs to end after the load stopped.
 const END_WITHIN: Duration = Duration::from_secs(180);
 
-/// The chaos ingresses' claim-check rule (docs/http-api.md, "Images by reference"), to tell which 202s travel by
-/// reference: the threshold as configured, and the largest body, above which it is off.
+/// The chaos ingresses' claim-check rule (docs/http-api.md, "Images by reference"), to tell
+/// which 202s travel by reference: the threshold as configured, and the largest body,
+/// above which it is off.
 #[derive(Clone, Copy, Debug)]
 pub struct ClaimCheck {
     pub min_bytes: u64,
