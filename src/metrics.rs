@@ -301,7 +301,9 @@ fn route_of(path: &str) -> &'static str {
         "/api/v1/jobs/events" => "/api/v1/jobs/events",
         "/api/v1/stats" => "/api/v1/stats",
         "/" => "/",
-        "/dashboard/app.js" | "/dashboard/style.css" | "/dashboard/favicon.svg" => "/dashboard",
+        "/api/v1/openapi.json" => "/api/v1/openapi.json",
+        // The dashboard's files (its script is several modules): one label.
+        p if p.starts_with("/dashboard/") => "/dashboard",
         _ => match path.strip_prefix("/api/v1/job/") {
             Some(rest) if !rest.is_empty() && !rest.contains('/') => "/api/v1/job/{id}",
             Some(rest) if rest.matches('/').count() == 1 => {
@@ -374,7 +376,9 @@ mod tests {
             "/api/v1/job/{id}/result"
         );
         assert_eq!(route_of("/api/v1/job/abc/nope"), "other");
-        assert_eq!(route_of("/dashboard/app.js"), "/dashboard");
+        assert_eq!(route_of("/dashboard/main.js"), "/dashboard");
+        assert_eq!(route_of("/dashboard/stats.js"), "/dashboard");
+        assert_eq!(route_of("/api/v1/openapi.json"), "/api/v1/openapi.json");
         assert_eq!(route_of("/api/v1/job/"), "other");
         assert_eq!(route_of("/etc/passwd"), "other");
     }

@@ -104,28 +104,70 @@ pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default();
-    println!(
-        "{:<36}  {:<9}  {:>8}  {:<24}  DETAIL",
-        "ID", "STATUS", "ATTEMPTS", "CREATED"
-    );
-    for job in jobs {
-        let detail = job["error"]
-            .as_str()
-            .or_else(|| job["payload_location"].as_str())
-            .unwrap_or("");
-        println!(
-            "{:<36}  {:<9}  {:>8}  {:<24}  {detail}",
-            job["id"].as_str().unwrap_or("?"),
-            job["status"].as_str().unwrap_or("?"),
-            job["attempts"],
-            job["created_at"].as_str().unwrap_or(""),
-        );
-    }
+    print!("{}", table(jobs));
     match body["next"].as_str() {
         Some(next) => eprintln!("{} jobs; more with --after {next}", jobs.len()),
         None => eprintln!("{} jobs", jobs.len()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The columns of `list`'s table.
+const COLUMNS: [&str; 5] = ["ID", "STATUS", "ATTEMPTS", "CREATED", "DETAIL"];
+
+/// A page of jobs as `list` prints it: a header, then a line a job; every column as wide
+/// as its widest cell (the header's included), two spaces apart, ATTEMPTS aligned right;
+/// DETAIL (the error, or where the result is) last and not padded. A cell is one line:
+/// control characters (a newline in an error) become spaces.
+fn table(jobs: &[Value]) -> String {
+    let cell = |v: &Value, absent: &str| v.as_str().map_or_else(|| absent.to_owned(), one_line);
+    let rows: Vec<[String; 5]> = jobs
+        .iter()
+        .map(|job| {
+            let detail = job["error"]
+                .as_str()
+                .or_else(|| job["payload_location"].as_str());
+            [
+                cell(&job["id"], "?"),
+                cell(&job["status"], "?"),
+                job["attempts"]
+                    .as_u64()
+                    .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+                cell(&job["created_at"], ""),
+                detail.map(one_line).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut widths = COLUMNS.map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(COLUMNS.map(str::to_owned)).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, &w)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            match i {
+                2 => line.push_str(&format!("{cell:>w$}")),
+                4 => line.push_str(cell),
+                _ => line.push_str(&format!("{cell:<w$}")),
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `s` on one line: control characters (newlines, tabs) become spaces.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
@@ -301,4 +343,69 @@ pub async fn follow(
         tokio::time::sleep(pause).await;
     }
     Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Where each column starts in the header line, in characters (it is ASCII).
+    fn starts(header: &str) -> Vec<usize> {
+        COLUMNS
+            .iter()
+            .map(|c| header.find(c).expect("every column in the header"))
+            .collect()
+    }
+
+    #[test]
+    fn a_page_prints_as_an_aligned_table() {
+        let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let jobs = [
+            json!({"id": id, "status": "SUCCESS", "attempts": 1,
+                   "created_at": "2026-01-02T03:04:05.678Z",
+                   "payload_location": "http://blobs/0f8fad5b.thumb"}),
+            json!({"id": "b", "status": "CANCELLED", "attempts": 12,
+                   "created_at": "2026-01-02T03:04:05Z"}),
+            json!({"id": "c", "status": "FAILED", "attempts": 3,
+                   "created_at": "2026-01-02T03:04:06.000Z",
+                   "error": "worker said: 500\nInternal\tError — ünïcode"}),
+            json!({"status": "RETRYING"}),
+        ];
+        let out = table(&jobs);
+        let expected = "\
+ID                                    STATUS     ATTEMPTS  CREATED                   DETAIL
+0f8fad5b-d9cb-469f-a165-70867728950e  SUCCESS           1  2026-01-02T03:04:05.678Z  http://blobs/0f8fad5b.thumb
+b                                     CANCELLED        12  2026-01-02T03:04:05Z
+c                                     FAILED            3  2026-01-02T03:04:06.000Z  worker said: 500 Internal Error — ünïcode
+?                                     RETRYING          ?
+";
+        assert_eq!(out, expected, "\n{out}");
+
+        // Every line's cells start where the header's columns do (ATTEMPTS: end there).
+        let lines: Vec<Vec<char>> = out.lines().map(|l| l.chars().collect()).collect();
+        let at = starts(out.lines().next().unwrap());
+        let attempts_end = at[2] + "ATTEMPTS".len() - 1;
+        for line in &lines[1..] {
+            for &start in &[at[1], at[3], at[4]] {
+                if let Some(&c) = line.get(start) {
+                    assert!(c != ' ' && line[start - 2..start] == [' ', ' '], "{line:?}");
+                }
+            }
+            assert!(line[attempts_end] != ' ', "{line:?}");
+            assert!(line.get(attempts_end + 1).is_none_or(|c| *c == ' '));
+            assert!(line.last() != Some(&' '), "no trailing space");
+        }
+    }
+
+    #[test]
+    fn columns_widen_to_their_widest_cell_and_no_further() {
+        let out = table(&[json!({"id": "a", "status": "QUEUED", "attempts": 0,
+                                  "created_at": "x"})]);
+        assert_eq!(
+            out,
+            "ID  STATUS  ATTEMPTS  CREATED  DETAIL\na   QUEUED         0  x\n"
+        );
+        assert_eq!(table(&[]), "ID  STATUS  ATTEMPTS  CREATED  DETAIL\n");
+    }
 }

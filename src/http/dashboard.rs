@@ -1,6 +1,7 @@
 //! `GET /`: the dashboard, files compiled into the binary (no web server or Node build to
 //! run it), served with a strict content security policy; and `GET /api/v1/stats`, the
-//! figures it draws (queue depth, the tenant's recent throughput).
+//! figures it draws (queue depth, the tenant's recent throughput). Its script is a few
+//! native ES modules (`<script type="module">`, [`MODULES`]), each at `/dashboard/<name>`.
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
@@ -13,9 +14,31 @@ use super::state::AppState;
 use crate::auth::Caller;
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
-const APP_JS: &str = include_str!("dashboard/app.js");
+const MAIN_JS: &str = include_str!("dashboard/main.js");
+const API_JS: &str = include_str!("dashboard/api.js");
+const UI_JS: &str = include_str!("dashboard/ui.js");
+const JOBS_JS: &str = include_str!("dashboard/jobs.js");
+const UPLOADS_JS: &str = include_str!("dashboard/uploads.js");
+const LIVE_JS: &str = include_str!("dashboard/live.js");
+const STATS_JS: &str = include_str!("dashboard/stats.js");
 const STYLE_CSS: &str = include_str!("dashboard/style.css");
 const FAVICON_SVG: &str = include_str!("dashboard/favicon.svg");
+
+/// The dashboard's JavaScript modules by file name, each served at `/dashboard/<name>`
+/// (a route and a handler below each): `main.js`, which `index.html` loads, and what it
+/// imports.
+pub const MODULES: [(&str, &str); 7] = [
+    ("main.js", MAIN_JS),
+    ("api.js", API_JS),
+    ("ui.js", UI_JS),
+    ("jobs.js", JOBS_JS),
+    ("uploads.js", UPLOADS_JS),
+    ("live.js", LIVE_JS),
+    ("stats.js", STATS_JS),
+];
+
+/// The type every module is served with (a module script must have a JavaScript type).
+const JS: &str = "text/javascript; charset=utf-8";
 
 /// The dashboard's content security policy: scripts and styles from this origin only, and
 /// no framing, since the page holds a token. With `RESULT_REDIRECT` the thumbnails are
@@ -35,11 +58,13 @@ pub fn csp(result_redirect: bool, result_origin: Option<&str>) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'"))
 }
 
-fn file(app: &AppState, content_type: &'static str, body: &'static str) -> Response {
+/// One of the dashboard's files, with the page's headers: its type, the CSP, no sniffing,
+/// no referrer, and revalidation before every use (a new binary serves new files).
+fn file(csp: &HeaderValue, content_type: &'static str, body: &'static str) -> Response {
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CONTENT_SECURITY_POLICY, app.dashboard_csp.clone());
+    h.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -56,28 +81,70 @@ fn file(app: &AppState, content_type: &'static str, body: &'static str) -> Respo
 #[utoipa::path(get, path = "/", tag = "operations",
     responses((status = 200, description = "The dashboard page (it asks for a token and keeps it in the tab)", content_type = "text/html; charset=utf-8", body = String)))]
 pub async fn index(State(app): State<AppState>) -> Response {
-    file(&app, "text/html; charset=utf-8", INDEX_HTML)
+    file(&app.dashboard_csp, "text/html; charset=utf-8", INDEX_HTML)
 }
 
-/// The dashboard's script.
-#[utoipa::path(get, path = "/dashboard/app.js", tag = "operations",
-    responses((status = 200, description = "The dashboard's script", content_type = "text/javascript; charset=utf-8", body = String)))]
-pub async fn app_js(State(app): State<AppState>) -> Response {
-    file(&app, "text/javascript; charset=utf-8", APP_JS)
+/// The dashboard's script: the module the page loads (it imports the others).
+#[utoipa::path(get, path = "/dashboard/main.js", tag = "operations",
+    responses((status = 200, description = "The dashboard's script: the module the page loads (it imports the others)", content_type = "text/javascript; charset=utf-8", body = String)))]
+pub async fn main_js(State(app): State<AppState>) -> Response {
+    file(&app.dashboard_csp, JS, MAIN_JS)
+}
+
+/// The dashboard's module that talks to the API: token, requests, errors, event streams.
+#[utoipa::path(get, path = "/dashboard/api.js", tag = "operations",
+    responses((status = 200, description = "The dashboard's module that talks to the API: token, requests, errors, event streams", content_type = "text/javascript; charset=utf-8", body = String)))]
+pub async fn api_js(State(app): State<AppState>) -> Response {
+    file(&app.dashboard_csp, JS, API_JS)
+}
+
+/// The dashboard's module of element helpers, formats and toasts.
+#[utoipa::path(get, path = "/dashboard/ui.js", tag = "operations",
+    responses((status = 200, description = "The dashboard's module of element helpers, formats and toasts", content_type = "text/javascript; charset=utf-8", body = String)))]
+pub async fn ui_js(State(app): State<AppState>) -> Response {
+    file(&app.dashboard_csp, JS, UI_JS)
+}
+
+/// The dashboard's module of the job list: pages, live updates, thumbnails, cancelling.
+#[utoipa::path(get, path = "/dashboard/jobs.js", tag = "operations",
+    responses((status = 200, description = "The dashboard's module of the job list: pages, live updates, thumbnails, cancelling", content_type = "text/javascript; charset=utf-8", body = String)))]
+pub async fn jobs_js(State(app): State<AppState>) -> Response {
+    file(&app.dashboard_csp, JS, JOBS_JS)
+}
+
+/// The dashboard's module of uploads from the drop zone.
+#[utoipa::path(get, path = "/dashboard/uploads.js", tag = "operations",
+    responses((status = 200, description = "The dashboard's module of uploads from the drop zone", content_type = "text/javascript; charset=utf-8", body = String)))]
+pub async fn uploads_js(State(app): State<AppState>) -> Response {
+    file(&app.dashboard_csp, JS, UPLOADS_JS)
+}
+
+/// The dashboard's module that follows the caller's event stream.
+#[utoipa::path(get, path = "/dashboard/live.js", tag = "operations",
+    responses((status = 200, description = "The dashboard's module that follows the caller's event stream", content_type = "text/javascript; charset=utf-8", body = String)))]
+pub async fn live_js(State(app): State<AppState>) -> Response {
+    file(&app.dashboard_csp, JS, LIVE_JS)
+}
+
+/// The dashboard's module of the figure cards (`/api/v1/stats`).
+#[utoipa::path(get, path = "/dashboard/stats.js", tag = "operations",
+    responses((status = 200, description = "The dashboard's module of the figure cards (/api/v1/stats)", content_type = "text/javascript; charset=utf-8", body = String)))]
+pub async fn stats_js(State(app): State<AppState>) -> Response {
+    file(&app.dashboard_csp, JS, STATS_JS)
 }
 
 /// The dashboard's style sheet.
 #[utoipa::path(get, path = "/dashboard/style.css", tag = "operations",
     responses((status = 200, description = "The dashboard's style sheet", content_type = "text/css; charset=utf-8", body = String)))]
 pub async fn style_css(State(app): State<AppState>) -> Response {
-    file(&app, "text/css; charset=utf-8", STYLE_CSS)
+    file(&app.dashboard_csp, "text/css; charset=utf-8", STYLE_CSS)
 }
 
 /// The dashboard's icon.
 #[utoipa::path(get, path = "/dashboard/favicon.svg", tag = "operations",
     responses((status = 200, description = "The dashboard's icon", content_type = "image/svg+xml", body = String)))]
 pub async fn favicon(State(app): State<AppState>) -> Response {
-    file(&app, "image/svg+xml", FAVICON_SVG)
+    file(&app.dashboard_csp, "image/svg+xml", FAVICON_SVG)
 }
 
 /// The dashboard's figures for the caller: the work queue's depth, its consumers and
@@ -96,4 +163,100 @@ pub async fn stats(State(app): State<AppState>, caller: Caller) -> Result<Json<S
         completed,
         failed,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The modules a module imports: the string of each `import` line (one line each).
+    fn imports(source: &str) -> Vec<&str> {
+        source
+            .lines()
+            .filter(|l| l.starts_with("import ") || l.starts_with("import{"))
+            .map(|l| {
+                let quoted = l.rsplit(['"', '\'']).nth(1);
+                quoted.unwrap_or_else(|| panic!("an import on one line, with its module: {l}"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_module_imported_is_served_and_every_one_served_is_used() {
+        let served: Vec<&str> = MODULES.iter().map(|(name, _)| *name).collect();
+        let mut used = vec!["main.js"];
+        for (name, source) in MODULES {
+            assert!(!source.contains("import("), "{name}: no dynamic import");
+            for import in imports(source) {
+                let file = import.strip_prefix("./").unwrap_or_else(|| {
+                    panic!("{name} imports {import}: only this folder's modules (\"./x.js\")")
+                });
+                assert!(served.contains(&file), "{name} imports {file}, not served");
+                used.push(file);
+            }
+        }
+        for name in served {
+            assert!(
+                used.contains(&name),
+                "{name} is served but nothing loads it"
+            );
+        }
+        assert!(imports(MAIN_JS).len() >= 5, "main.js wires the others");
+    }
+
+    #[test]
+    fn the_page_loads_main_js_as_a_module_and_preloads_the_rest() {
+        assert!(INDEX_HTML.contains(r#"<script type="module" src="/dashboard/main.js"></script>"#));
+        assert_eq!(
+            INDEX_HTML.matches("<script").count(),
+            1,
+            "one script tag, no inline script"
+        );
+        for (name, _) in &MODULES[1..] {
+            let preload = format!(r#"<link rel="modulepreload" href="/dashboard/{name}">"#);
+            assert!(INDEX_HTML.contains(&preload), "{preload}");
+        }
+        assert_eq!(
+            INDEX_HTML.matches("modulepreload").count(),
+            MODULES.len() - 1
+        );
+    }
+
+    /// Module scripts from this origin are allowed by `script-src 'self'`: nothing else is
+    /// needed, and no `'unsafe-*'` source is there.
+    #[test]
+    fn the_csp_allows_this_origins_modules_and_nothing_unsafe() {
+        for policy in [
+            csp(false, None),
+            csp(true, None),
+            csp(true, Some("http://blobs:9000")),
+        ] {
+            let policy = policy.to_str().unwrap();
+            assert!(!policy.contains("unsafe"), "{policy}");
+            assert!(!policy.contains("strict-dynamic"), "{policy}");
+            let directives: Vec<&str> = policy.split(';').map(str::trim).collect();
+            for d in [
+                "script-src 'self'",
+                "default-src 'self'",
+                "connect-src 'self'",
+                "style-src 'self'",
+            ] {
+                assert!(directives.contains(&d), "{d} in {policy}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_module_is_served_as_javascript_with_the_pages_headers() {
+        let policy = csp(false, None);
+        for (name, source) in MODULES {
+            let resp = file(&policy, JS, source);
+            let h = resp.headers();
+            assert_eq!(h[header::CONTENT_TYPE], JS, "{name}");
+            assert_eq!(h[header::CONTENT_SECURITY_POLICY], policy, "{name}");
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{name}");
+            assert_eq!(h[header::REFERRER_POLICY], "no-referrer", "{name}");
+            assert_eq!(h[header::CACHE_CONTROL], "no-cache", "{name}");
+        }
+    }
 }

@@ -133,7 +133,9 @@ impl Modify for BearerAuth {
         super::submit::submit, super::jobs::job, super::cancel::cancel, super::jobs::status,
         super::live::job_events, super::result::result, super::jobs::list,
         super::live::tenant_events, super::dashboard::stats, openapi_json,
-        super::dashboard::index, super::dashboard::app_js, super::dashboard::style_css,
+        super::dashboard::index, super::dashboard::main_js, super::dashboard::api_js,
+        super::dashboard::ui_js, super::dashboard::jobs_js, super::dashboard::uploads_js,
+        super::dashboard::live_js, super::dashboard::stats_js, super::dashboard::style_css,
         super::dashboard::favicon,
     ),
     components(schemas(ErrorBody, StatusName, Accepted, StatusBody, Cancelled, JobPage, JobView, Stats, Backlog, SubmitJson)),
@@ -217,7 +219,13 @@ mod tests {
             "/api/v1/stats",
             "/api/v1/openapi.json",
             "/",
-            "/dashboard/app.js",
+            "/dashboard/main.js",
+            "/dashboard/api.js",
+            "/dashboard/ui.js",
+            "/dashboard/jobs.js",
+            "/dashboard/uploads.js",
+            "/dashboard/live.js",
+            "/dashboard/stats.js",
             "/dashboard/style.css",
             "/dashboard/favicon.svg",
         ] {
@@ -225,9 +233,18 @@ mod tests {
         }
         assert_eq!(
             paths.len(),
-            17,
+            23,
             "a route is documented that the router lacks"
         );
+        // Every module of the dashboard's script, and with the type a module script needs.
+        for (name, _) in crate::http::dashboard::MODULES {
+            let route = format!("/dashboard/{name}");
+            let types = &paths[&route]["get"]["responses"]["200"]["content"];
+            assert!(
+                types.get("text/javascript; charset=utf-8").is_some(),
+                "{route}: {types}"
+            );
+        }
         assert_eq!(doc["openapi"], "3.1.0");
     }
 }

@@ -19,9 +19,12 @@ pub struct Throughput {
 }
 
 impl Throughput {
-    /// A job of `tenant` ended at `at_ms`, successfully or not.
+    /// A job of `tenant` ended at `at_ms`, successfully or not. A time ahead of `now_ms`
+    /// (the consumer's clock ahead of this one) counts now: in a bucket ahead it would be
+    /// missing from the series until this clock got there, and would take the ring slot
+    /// of the oldest bucket shown.
     pub fn ended(&self, tenant: TenantId, at_ms: u64, success: bool, now_ms: u64) {
-        let n = at_ms / BUCKET_MS;
+        let n = at_ms.min(now_ms) / BUCKET_MS;
         if n + (BUCKETS as u64) <= now_ms / BUCKET_MS {
             return; // older than the window
         }
@@ -79,5 +82,24 @@ mod tests {
         let (gone, _) = t.series(TenantId(1), now + 30 * BUCKET_MS);
         assert_eq!(gone.iter().sum::<u32>(), 0);
         assert_eq!(t.series(TenantId(2), now).0.iter().sum::<u32>(), 0);
+    }
+
+    /// The dashboard says "done in 5 min" of the whole series.
+    #[test]
+    fn the_series_spans_five_minutes() {
+        assert_eq!(BUCKET_MS * BUCKETS as u64, 5 * 60 * 1000);
+    }
+
+    #[test]
+    fn a_job_stamped_ahead_of_this_clock_counts_now_and_evicts_nothing() {
+        let t = Throughput::default();
+        let now = 1_000_000 * BUCKET_MS + 9_000; // late in its bucket
+        t.ended(TenantId(1), now - 29 * BUCKET_MS, true, now); // the oldest bucket shown
+        t.ended(TenantId(1), now + 2_000, true, now); // a consumer's clock 2 s ahead
+        t.ended(TenantId(1), now, false, now);
+        let (ok, failed) = t.series(TenantId(1), now);
+        assert_eq!(ok[0], 1, "the oldest bucket keeps its job");
+        assert_eq!((ok[BUCKETS - 1], failed[BUCKETS - 1]), (1, 1), "{ok:?}");
+        assert_eq!(ok.iter().sum::<u32>(), 2);
     }
 }

@@ -293,6 +293,21 @@ async fn list_watch_and_cancel() {
         rows[1].starts_with(&cancelled) && rows[1].contains("CANCELLED"),
         "{out}"
     );
+    // A table: each row's status, attempts and creation time sit under their heading
+    // (SUCCESS and CANCELLED differ in width; the one with a result has a DETAIL).
+    let header = out.lines().next().unwrap_or_default();
+    let column = |name: &str| header.find(name).unwrap_or_else(|| panic!("{name}: {out}"));
+    let attempts_end = column("ATTEMPTS") + "ATTEMPTS".len();
+    for (row, status) in rows.iter().zip(["SUCCESS", "CANCELLED"]) {
+        assert_eq!(row.find(status), Some(column("STATUS")), "{out}");
+        assert_eq!(&row[attempts_end - 3..attempts_end], "  1", "{out}");
+        assert_eq!(row.find("  20"), Some(column("CREATED") - 2), "{out}");
+    }
+    assert_eq!(
+        rows[0].find("http"),
+        Some(column("DETAIL")),
+        "the result's location, as DETAIL: {out}"
+    );
     let (code, out, err) = cli(
         &["list", "--status", "cancelled", "--limit", "1", "--json"],
         &env,

@@ -2,7 +2,8 @@
 //! a person signs in with a token, drops two images, watches them succeed without
 //! reloading, and cancels a queued job. Skips, loudly, where Debian's `chromium` and
 //! `chromium-driver` are missing (`IMAGEJOBS_REQUIRE_BROWSER=1` makes that a failure).
-//! Screenshots go to `target/screenshots/`.
+//! Screenshots go to `target/screenshots/`. Without a browser: every module of the page's
+//! script is served with the page's headers.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +37,23 @@ async fn wait_row_status(b: &Browser, id: &str, status: &str) -> bool {
         .wait_script(T, &format!("job {id}'s row to show {status}"), &script)
         .await;
     v["cancel"] == true
+}
+
+/// How long the figures may take to follow a job's change: the page reads
+/// `/api/v1/stats` again within a fraction of a second of a status event. Well under the
+/// regular 5 s refresh, which the cards used to wait for.
+const FIGURES: Duration = Duration::from_secs(3);
+
+/// Waits (`FIGURES` at most) until the throughput card counts `done` jobs succeeded and
+/// none failed, both in the last minute and in the last 5.
+async fn wait_throughput(b: &Browser, done: u32, what: &str) {
+    let script = format!(
+        "const t = document.querySelector('#throughput .tp-text');
+         const f = document.querySelector('#failed-rate');
+         return !!t && t.textContent === '{done} jobs/min'
+           && f.textContent === '0 failed/min · {done} done in 5 min';"
+    );
+    b.wait_script(FIGURES, what, &script).await;
 }
 
 async fn api_status(ing: &TestIngress, id: &str) -> String {
@@ -130,6 +148,16 @@ async fn a_person_uploads_watches_and_cancels() {
         assert_eq!(api_status(&ing, id).await, "SUCCESS");
     }
 
+    // The figures count them at once (issue 20: the card read "0 jobs/min · 0 done in
+    // 5 min" beside these two rows). The page read /api/v1/stats as it signed in, moments
+    // ago, so a card drawn only by the 5 s poll would not show them before FIGURES passes.
+    wait_throughput(
+        &b,
+        2,
+        "the throughput card to count the two jobs that succeeded",
+    )
+    .await;
+
     b.screenshot(screenshot_path("dashboard-laptop.png")).await;
     b.set_window_size(390, 844).await;
     b.screenshot(screenshot_path("dashboard-phone.png")).await;
@@ -168,6 +196,12 @@ async fn a_person_uploads_watches_and_cancels() {
     let after = ing.submit_id(&png(20, 20)).await;
     assert_eq!(ing.wait_terminal(&after, 1, T).await["status"], "SUCCESS");
     wait_row_status(&b, &after, "SUCCESS").await;
+    wait_throughput(
+        &b,
+        3,
+        "the card to count the third job, not the cancelled one",
+    )
+    .await;
     assert_eq!(api_status(&ing, &queued).await, "CANCELLED");
     assert_eq!(
         p.stubs.stats().job_posts_for(&queued),
@@ -202,6 +236,14 @@ async fn a_person_uploads_watches_and_cancels() {
     );
     b.screenshot(screenshot_path("dashboard-cancelled.png"))
         .await;
+    // The modules ran under the page's CSP without a violation or an uncaught error.
+    let console = b.console().await;
+    assert!(
+        !console
+            .iter()
+            .any(|l| l.contains("Refused to") || l.contains("Uncaught")),
+        "the browser's console: {console:#?}"
+    );
 
     consumer.stop().await;
     ing.stop().await;
@@ -246,4 +288,62 @@ async fn thumbnails_load_from_the_results_own_url_when_results_redirect() {
         .await;
     assert_eq!(v["src"], result_url.as_str(), "{v}");
     assert!(v["width"].as_u64().is_some_and(|w| w > 0), "{v}");
+}
+
+/// The page's script is native ES modules: `index.html` loads `main.js` with
+/// `<script type="module">` and preloads the rest; every module, and every module one
+/// imports, is served as JavaScript with the page's own headers (its CSP, `nosniff`).
+/// No browser needed.
+#[tokio::test]
+async fn every_module_is_served_with_the_pages_headers() {
+    let p = Pipeline::new().await;
+    let ing = p.ingress().await;
+    let http = reqwest::Client::new();
+    let page = http.get(format!("{}/", ing.url)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].clone();
+    let csp_text = csp.to_str().unwrap().to_owned();
+    assert!(csp_text.contains("script-src 'self'"), "{csp_text}");
+    assert!(!csp_text.contains("unsafe"), "{csp_text}");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"<script type="module" src="/dashboard/main.js"></script>"#),
+        "{html}"
+    );
+    // What the page names (the entry and its preloads), then whatever a module imports.
+    let mut todo: Vec<String> = html
+        .split("href=\"/dashboard/")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .filter(|f| f.ends_with(".js"))
+        .map(str::to_owned)
+        .chain(["main.js".to_owned()])
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(module) = todo.pop() {
+        if !seen.insert(module.clone()) {
+            continue;
+        }
+        let url = format!("{}/dashboard/{module}", ing.url);
+        let resp = http.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let h = resp.headers();
+        assert_eq!(h["content-type"], "text/javascript; charset=utf-8", "{url}");
+        assert_eq!(h["content-security-policy"], csp, "{url}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{url}");
+        assert_eq!(h["cache-control"], "no-cache", "{url}");
+        let source = resp.text().await.unwrap();
+        for line in source.lines().filter(|l| l.starts_with("import ")) {
+            let import = line.rsplit('"').nth(1).unwrap_or_default();
+            let file = import
+                .strip_prefix("./")
+                .unwrap_or_else(|| panic!("{module}: {line}"));
+            todo.push(file.to_owned());
+        }
+    }
+    assert!(
+        seen.len() >= 5,
+        "main.js and the modules it imports: {seen:?}"
+    );
+    ing.stop().await;
 }
