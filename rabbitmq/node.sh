@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Private RabbitMQ node(s) of this checkout for `make run` and `make test`: one, or with
-# BROKER_NODES=3 a local cluster, run as the caller from /usr/lib/rabbitmq/bin. State is in
-# rabbitmq/.node/ (node-<i>/: data, logs, config, pid files; home/: the shared Erlang cookie).
+# BROKER_NODES=3 a local cluster, run as the caller from /usr/lib/rabbitmq/bin (RabbitMQ 4.0
+# with RABBITMQ_SERIES=4.0: rabbitmq/series.sh). State is in rabbitmq/.node/ (node-<i>/: data,
+# logs, config, pid files; home/: the shared Erlang cookie; series: the RabbitMQ series).
 # Names (imagejobs-<hash>-<i>@localhost) and 100 ports derive from the checkout's path.
 #
 # Usage: rabbitmq/node.sh <command> [args]
-#   install              install Debian's rabbitmq-server package if RabbitMQ is missing
+#   install              install Debian's rabbitmq-server package if RabbitMQ is missing (4.0:
+#                        into rabbitmq/.series/4.0/root, by debootstrap of Debian 13)
 #   start                start the nodes as one cluster (or report the running deployment)
 #   stop                 stop every node; harmless when nothing runs
 #   status               show every node; exit 0 if all of them answer, 1 otherwise
 #   url                  print AMQP_URL (the nodes' AMQP URLs, comma separated)
-#   reset                stop every node and delete rabbitmq/.node
+#   reset                stop every node and delete rabbitmq/.node (also to switch series)
 #   pid I                print node I's beam pid (node 1's pid file: .node/rabbitmq.pid)
 #   stop-node I [--kill] stop node I of the cluster (--kill: SIGKILL its beam instead)
 #   start-node I         start node I again; waits until it is back in the cluster
@@ -34,6 +36,8 @@
 #                           rabbitmq/.node/tls/; the env file then has AMQPS_URL, AMQP_CA_FILE
 #   RABBITMQ_MANAGEMENT=1   also enable the management plugin (UI and HTTP API)
 #   RABBITMQ_START_TIMEOUT  seconds to wait for the nodes to boot and cluster (default 90)
+#   RABBITMQ_SERIES=4.0     RabbitMQ 4.0 from Debian 13, run as root under chroot (default 3.10:
+#                           Debian 12's, on the host); start refuses a folder of another series
 #   RABBITMQ_BIN_DIR        where rabbitmq-server and rabbitmqctl are (/usr/lib/rabbitmq/bin)
 #   RABBITMQ_ALLOW_OLD=1    accept a RabbitMQ older than 3.10 (the topology needs 3.10)
 set -euo pipefail
@@ -48,6 +52,8 @@ HASH8=$(printf '%08x' "$HASH") DEFAULT_BASE=$((20000 + HASH % 120 * 100))
 PLUGINS=(rabbitmq_prometheus rabbitmq_consistent_hash_exchange)
 if [ "${RABBITMQ_MANAGEMENT:-}" = 1 ]; then PLUGINS+=(rabbitmq_management); fi
 N=1 BASE=$DEFAULT_BASE LAUNCHED=() ENVP=()
+# shellcheck source=rabbitmq/series.sh
+. "$SCRIPT_DIR/series.sh"
 
 say() { printf 'rabbitmq: %s\n' "$*"; }
 warn() { printf 'rabbitmq: %s\n' "$*" >&2; }
@@ -60,6 +66,7 @@ rabbitmq: (apt-get install rabbitmq-server), use docker compose up, or point AMQ
 rabbitmq: RabbitMQ you run, e.g. export AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'"
 }
 cmd_install() {
+    if [ -n "$SERIES_ROOT" ]; then series_install && return 0; fi
     if [ -x "$SERVER" ]; then say "RabbitMQ is installed ($SERVER)" && return 0; fi
     command -v apt-get >/dev/null || cannot_install "apt-get is not available"
     local -a sudo=()
@@ -72,7 +79,7 @@ cmd_install() {
 }
 check_version() {
     local v
-    v=$(find "$RMQ_BIN/../lib" -maxdepth 1 -name 'rabbitmq_server-*' 2>/dev/null | sort -V | tail -n 1)
+    v=$(find "$SERIES_ROOT$RMQ_BIN/../lib" -maxdepth 1 -name 'rabbitmq_server-*' 2>/dev/null | sort -V | tail -n 1)
     v=${v##*/rabbitmq_server-}
     [[ $v =~ ^([0-9]+)\.([0-9]+) ]] || return 0 # unknown layout: let the node tell
     ((BASH_REMATCH[1] * 1000 + BASH_REMATCH[2] >= 3010)) && return 0
@@ -174,7 +181,7 @@ rabbitmq: This checkout's nodes use ports $BASE-$((BASE + 99)); BROKER_PORT_BASE
 # /etc/rabbitmq/rabbitmq-env.conf), the CLI's ports and a UTF-8 locale for the Elixir CLI.
 cli_env() {
     local v
-    ENVP=(env)
+    series_mount && ENVP=(env)
     while read -r v; do
         case $v in RABBITMQ_* | ERL_FLAGS | ERL_AFLAGS | ERL_ZFLAGS | ERL_LIBS) ENVP+=(-u "$v") ;; esac
     done < <(compgen -e)
@@ -184,7 +191,7 @@ cli_env() {
     [[ ${LC_ALL:-${LC_CTYPE:-${LANG:-}}} =~ [Uu][Tt][Ff]-?8 ]] ||
         if locale -a 2>/dev/null | grep -qix 'c\.utf-\{0,1\}8'; then ENVP+=(LC_ALL=C.UTF-8); fi
 }
-cli() { local t=$1 i=$2 && shift 2 && cli_env && "${ENVP[@]}" "$RMQ_BIN/$t" -n "$(name "$i")" "$@"; }
+cli() { local t=$1 i=$2 && shift 2 && cli_env && "${ENVP[@]}" "${IN_ROOT[@]}" "$RMQ_BIN/$t" -n "$(name "$i")" "$@"; }
 
 lock() {
     mkdir -p "$NODE_DIR" && exec 9>"$NODE_DIR/.lock"
@@ -197,7 +204,7 @@ write_files() { # the nodes to (re)generate
         (umask 077 && head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n' | head -c 40 >"$c") && chmod 400 "$c"
     fi
     echo '# Empty: keeps /etc/rabbitmq/rabbitmq-env.conf away from our nodes.' >"$NODE_DIR/rabbitmq-env.conf"
-    echo "$N" >"$NODE_DIR/nodes" && echo "$BASE" >"$NODE_DIR/port-base"
+    echo "$N" >"$NODE_DIR/nodes" && echo "$BASE" >"$NODE_DIR/port-base" && echo "$SERIES" >"$NODE_DIR/series"
     ln -sfn node-1/rabbitmq.pid "$NODE_DIR/rabbitmq.pid"
     if [ ! -s "$CREDENTIALS" ]; then
         (umask 077 && head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$CREDENTIALS")
@@ -272,7 +279,7 @@ launch() {
         # Distribution on loopback only; the marker lets beam_pid tell our beam from a reused pid.
         RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} -imagejobs_node ${n%@*}")
     exec 8>>"$d/log/startup.log" && printf '\n==== %s: starting %s\n' "$(date '+%F %T')" "$n" >&8
-    (cd "$d" && exec 9>&- && exec "${detach[@]}" "${ENVP[@]}" "$SERVER" </dev/null >&8 2>&1 8>&-) &
+    (cd "$d" && exec 9>&- && exec "${detach[@]}" "${ENVP[@]}" "${IN_ROOT[@]}" "$SERVER" </dev/null >&8 2>&1 8>&-) &
     exec 8>&-
     echo "$!" >"$d/launcher.pid" && LAUNCHED+=("$1")
 }
@@ -349,7 +356,7 @@ stop_nodes() {
 stop_all() { local -a all && mapfile -t all < <(seq 1 "$N") && if legacy; then all+=(0); fi; stop_nodes "${all[@]}"; }
 
 cmd_start() {
-    [ -x "$SERVER" ] || cmd_install
+    series_check && { series_installed || cmd_install; }
     check_version && lock
     ! legacy || die "rabbitmq/.node is from the old node.sh (node $(name 0)): \`rabbitmq/node.sh reset\`
 rabbitmq: stops that node and deletes its data"
@@ -413,10 +420,10 @@ cmd_status() {
 }
 cmd_reset() {
     if [ -d "$NODE_DIR" ]; then
-        lock && load && stop_all
+        lock && load && stop_all && series_umount
         case "$NODE_DIR" in */rabbitmq/.node) rm -rf -- "$NODE_DIR" ;; *) die "refusing to delete $NODE_DIR" ;; esac
     fi
-    say "stopped; $NODE_DIR is deleted"
+    series_umount && say "stopped; $NODE_DIR is deleted"
 }
 cmd_cli() { # tool, node, args
     load && valid_index "$2"
@@ -427,10 +434,11 @@ cmd_cli() { # tool, node, args
 main() {
     local cmd=${1:-}
     [ "$#" -eq 0 ] || shift
+    series_select "$cmd"
     case "$cmd" in
         install) cmd_install ;;
         start) cmd_start ;;
-        stop) if [ -d "$NODE_DIR" ]; then lock && load && stop_all; fi && say "stopped" ;;
+        stop) if [ -d "$NODE_DIR" ]; then lock && load && stop_all; fi && series_umount && say "stopped" ;;
         status) cmd_status ;;
         url) load && all_urls ;;
         reset) cmd_reset ;;

@@ -24,6 +24,6 @@ cargo build --workspace --all-targets
 # shellcheck source=scripts/broker.sh
 . scripts/broker.sh
 
-BENCH_COMMAND="BROKER_NODES=${BROKER_NODES:-1} make chaos${*:+ ($*)}"
+BENCH_COMMAND="${RABBITMQ_SERIES:+RABBITMQ_SERIES=$RABBITMQ_SERIES }BROKER_NODES=${BROKER_NODES:-1} make chaos${*:+ ($*)}"
 export BENCH_COMMAND BENCH_BIN_DIR=target/debug
 ./target/debug/imagejobs-bench chaos "${write[@]}" "$@"
