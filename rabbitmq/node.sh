@@ -89,9 +89,9 @@ rabbitmq: quorum queues). Use docker compose up, or point AMQP_URL at a RabbitMQ
 rabbitmq: yourself (RABBITMQ_ALLOW_OLD=1 starts it anyway)."
 }
 
-# Nodes, ports, pid files. Node 0 is the single node of the old node.sh: it is only stopped.
-ndir() { if [ "$1" = 0 ]; then echo "$NODE_DIR"; else echo "$NODE_DIR/node-$1"; fi; }
-name() { if [ "$1" = 0 ]; then echo "imagejobs-$HASH8@localhost"; else echo "imagejobs-$HASH8-$1@localhost"; fi; }
+# Nodes, ports, pid files.
+ndir() { echo "$NODE_DIR/node-$1"; }
+name() { echo "imagejobs-$HASH8-$1@localhost"; }
 port() { echo $((BASE + ($1 - 1) * 10 + $2)); } # node, offset
 # The deployment's own user on its own vhost (no guest); the password is made once.
 BROKER_USER=imagejobs BROKER_VHOST=imagejobs CREDENTIALS=$SCRIPT_DIR/.node/credentials
@@ -122,7 +122,6 @@ make_tls() {
     fi
     chmod 644 "$TLS_DIR/ca.pem"
 }
-legacy() { [ -e "$NODE_DIR/ports" ]; }
 recorded() { cat "$NODE_DIR/nodes" 2>/dev/null || true; }
 has_mgmt() { grep -qs rabbitmq_management "$(ndir "$1")/enabled_plugins"; }
 valid_count() { [[ $1 =~ ^[1-9]$ ]] || die "BROKER_NODES=$1: expected a number of nodes in 1..9"; }
@@ -353,16 +352,11 @@ stop_nodes() {
     reap "${pids[@]}"
     for i; do rm -f "$(ndir "$i")/rabbitmq.pid" "$(ndir "$i")/launcher.pid"; done
 }
-stop_all() { local -a all && mapfile -t all < <(seq 1 "$N") && if legacy; then all+=(0); fi; stop_nodes "${all[@]}"; }
+stop_all() { local -a all && mapfile -t all < <(seq 1 "$N") && stop_nodes "${all[@]}"; }
 
 cmd_start() {
     series_check && { series_installed || cmd_install; }
     check_version && lock
-    ! legacy || die "rabbitmq/.node is from the old node.sh (node $(name 0)): \`rabbitmq/node.sh reset\`
-rabbitmq: stops that node and deletes its data"
-    if [ -d "$(ndir 1)/mnesia" ] && [ ! -s "$CREDENTIALS" ]; then
-        die "rabbitmq/.node was made before the broker had its own user: \`rabbitmq/node.sh reset\` first"
-    fi
     if [ "${BROKER_TLS:-}" = 1 ] && ! has_tls && [ -d "$(ndir 1)/mnesia" ]; then
         warn "BROKER_TLS=1: the nodes get their TLS listener now (their configuration is rewritten)"
     fi

@@ -22,9 +22,6 @@ if ! ./rabbitmq/node.sh status >/dev/null 2>&1; then
   elif [ -n "${BROKER_NODES:-}" ] && [ -n "$recorded" ] && [ "$recorded" != "$BROKER_NODES" ]; then
     echo "replacing the stopped ${recorded}-node test broker with a ${BROKER_NODES}-node one"
     ./rabbitmq/node.sh reset
-  elif [ -e rabbitmq/.node ] && [ ! -s rabbitmq/.node/credentials ]; then
-    echo "replacing a stopped test broker made by an older node.sh (no user of its own)"
-    ./rabbitmq/node.sh reset
   fi
   ./rabbitmq/node.sh start
   broker_started_here=1
