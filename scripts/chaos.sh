@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make chaos`: the whole pipeline under load while faults are injected (DESIGN §8), on
+# `make chaos`: the whole pipeline under load while faults are injected (RELIABILITY.md), on
 # the private broker: one node, or a local cluster with BROKER_NODES=3. Prints one table
 # and writes it to RELIABILITY.md; exits non-zero on any loss or flip.
 #
