@@ -45,6 +45,12 @@ pub struct BrokerArgs {
     /// Most bytes of status events in one group-committed publish.
     #[arg(long, env = "EVENTS_GROUP_MAX_BYTES", default_value = "1MiB")]
     pub events_group_max_bytes: ByteSize,
+
+    /// Publish again the status events confirmed while the events stream fails over (the
+    /// workaround for rabbitmq-server#9457, RELIABILITY.md). Keep it on: `false` is only
+    /// for measuring whether a RabbitMQ still loses such events.
+    #[arg(long, env = "EVENTS_REPLAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub events_replay: bool,
 }
 
 impl Default for BrokerArgs {
@@ -99,6 +105,7 @@ impl BrokerArgs {
         GroupLimits {
             max_events: self.events_group_max as usize,
             max_bytes: self.events_group_max_bytes.as_usize(),
+            replay: self.events_replay,
         }
     }
 }
@@ -607,5 +614,24 @@ mod tests {
         );
         back.broker.amqp_ca_file = None;
         assert_eq!(back.broker, cli.broker, "to_args round-trips");
+    }
+
+    /// A setting away from its default goes through `to_args` too (a bool that takes a value).
+    #[test]
+    fn changed_settings_round_trip() {
+        let broker = BrokerArgs {
+            events_replay: false,
+            events_group_max: 7,
+            amqp_ca_file: Some("/ca.pem".into()),
+            topology: TopologyArgs::with_prefix("p"),
+            ..BrokerArgs::default()
+        };
+        let back = Cli::parse_from(
+            ["x", "--amqp-url", DEFAULT_AMQP_URL]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(broker.to_args()),
+        );
+        assert_eq!(back.broker, broker);
     }
 }

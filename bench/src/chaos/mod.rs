@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use imagejobs::ingress::IngressConfig;
 use imagejobs_consumer::ConsumerConfig;
-use imagejobs_core::config::{AmqpUrls, Secret};
+use imagejobs_core::config::{AmqpUrls, BrokerArgs, Secret};
 use imagejobs_core::events::Start;
 use imagejobs_stubs::{StubConfig, Stubs};
 use imagejobs_testkit::{png, token_with, Deployment, EventReader};
@@ -66,6 +66,11 @@ pub struct ChaosArgs {
     /// Markdown file that gets the table between this run's markers (RELIABILITY.md).
     #[arg(long)]
     pub write: Option<PathBuf>,
+    /// Run the pipeline without its replay of status events after a stream failover, to
+    /// measure whether the broker still loses confirmed stream messages (rabbitmq-server
+    /// #9457); such a run is expected to fail where it does.
+    #[arg(long)]
+    pub no_events_replay: bool,
 }
 
 /// Runs the chaos against `urls`; `Ok(false)` when a promise was broken.
@@ -117,7 +122,10 @@ pub async fn run(
         .pool_max_idle_per_host(64)
         .build()?;
     let ingress_config = IngressConfig {
-        broker: deployment.broker_args(),
+        broker: BrokerArgs {
+            events_replay: !args.no_events_replay,
+            ..deployment.broker_args()
+        },
         host: [127, 0, 0, 1].into(),
         jwt_secret: Some(Secret::new(SECRET)),
         publish_timeout: Duration::from_secs(2),
@@ -144,7 +152,10 @@ pub async fn run(
         claim_check.min_bytes
     );
     let consumer_config = ConsumerConfig {
-        broker: deployment.broker_args(),
+        broker: BrokerArgs {
+            events_replay: !args.no_events_replay,
+            ..deployment.broker_args()
+        },
         prefetch: 8,
         worker_service_url: stubs.worker_url.parse()?,
         blob_service_url: stubs.blob_url.parse()?,

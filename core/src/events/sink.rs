@@ -40,6 +40,8 @@ use crate::status::{Status, StatusEvent};
 pub struct GroupLimits {
     pub max_events: usize,
     pub max_bytes: usize,
+    /// Publish again what was confirmed while the stream failed over (`EVENTS_REPLAY`).
+    pub replay: bool,
 }
 
 impl Default for GroupLimits {
@@ -47,6 +49,7 @@ impl Default for GroupLimits {
         GroupLimits {
             max_events: 256,
             max_bytes: 1 << 20,
+            replay: true,
         }
     }
 }
@@ -226,9 +229,10 @@ async fn batch(broker: Broker, limits: GroupLimits, mut rx: mpsc::Receiver<Pendi
             Some((waiters, result, body, started, again)) = inflight.next(), if !inflight.is_empty() => {
                 let now = Instant::now();
                 match &result {
-                    Ok(()) if !again => replay.confirmed(started, body, now),
+                    Ok(()) if !again && limits.replay => replay.confirmed(started, body, now),
                     Ok(()) => {}
-                    Err(_) => replay.failed(started, now),
+                    Err(_) if limits.replay => replay.failed(started, now),
+                    Err(_) => {}
                 }
                 for w in waiters {
                     let _ = w.send(result.clone());
@@ -326,7 +330,7 @@ mod tests {
     fn caps_by_count_and_bytes() {
         let limits = GroupLimits {
             max_events: 2,
-            max_bytes: 1 << 20,
+            ..GroupLimits::default()
         };
         let mut g = Group::default();
         g.push(pending(JobId::new(), 1, Status::Queued).0);
@@ -336,6 +340,7 @@ mod tests {
         let small = GroupLimits {
             max_events: 100,
             max_bytes: 10,
+            replay: true,
         };
         assert!(g.is_full(&small));
     }
