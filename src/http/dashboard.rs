@@ -37,9 +37,6 @@ pub const MODULES: [(&str, &str); 7] = [
     ("stats.js", STATS_JS),
 ];
 
-/// The type every module is served with (a module script must have a JavaScript type).
-const JS: &str = "text/javascript; charset=utf-8";
-
 /// The dashboard's content security policy: scripts and styles from this origin only, and
 /// no framing, since the page holds a token. With `RESULT_REDIRECT` the thumbnails are
 /// images of wherever results are served (`result_origin`, the blob service, or any
@@ -77,75 +74,89 @@ fn file(csp: &HeaderValue, content_type: &'static str, body: &'static str) -> Re
     resp
 }
 
-/// The dashboard page (it asks for a token and keeps it in the tab).
-#[utoipa::path(get, path = "/", tag = "operations",
-    responses((status = 200, description = "The dashboard page (it asks for a token and keeps it in the tab)", content_type = "text/html; charset=utf-8", body = String)))]
-pub async fn index(State(app): State<AppState>) -> Response {
-    file(&app.dashboard_csp, "text/html; charset=utf-8", INDEX_HTML)
+/// A handler serving one of the dashboard's files (with [`file`]'s headers), and its
+/// OpenAPI annotation: one line per file below, the route in `super::router`.
+macro_rules! dashboard_file {
+    ($handler:ident, $path:literal, $content_type:literal, $body:ident, $what:literal) => {
+        #[doc = $what]
+        #[utoipa::path(get, path = $path, tag = "operations",
+            responses((status = 200, description = $what, content_type = $content_type, body = String)))]
+        pub async fn $handler(State(app): State<AppState>) -> Response {
+            file(&app.dashboard_csp, $content_type, $body)
+        }
+    };
 }
 
-/// The dashboard's script: the module the page loads (it imports the others).
-#[utoipa::path(get, path = "/dashboard/main.js", tag = "operations",
-    responses((status = 200, description = "The dashboard's script: the module the page loads (it imports the others)", content_type = "text/javascript; charset=utf-8", body = String)))]
-pub async fn main_js(State(app): State<AppState>) -> Response {
-    file(&app.dashboard_csp, JS, MAIN_JS)
-}
-
-/// The dashboard's module that talks to the API: token, requests, errors, event streams.
-#[utoipa::path(get, path = "/dashboard/api.js", tag = "operations",
-    responses((status = 200, description = "The dashboard's module that talks to the API: token, requests, errors, event streams", content_type = "text/javascript; charset=utf-8", body = String)))]
-pub async fn api_js(State(app): State<AppState>) -> Response {
-    file(&app.dashboard_csp, JS, API_JS)
-}
-
-/// The dashboard's module of element helpers, formats and toasts.
-#[utoipa::path(get, path = "/dashboard/ui.js", tag = "operations",
-    responses((status = 200, description = "The dashboard's module of element helpers, formats and toasts", content_type = "text/javascript; charset=utf-8", body = String)))]
-pub async fn ui_js(State(app): State<AppState>) -> Response {
-    file(&app.dashboard_csp, JS, UI_JS)
-}
-
-/// The dashboard's module of the job list: pages, live updates, thumbnails, cancelling.
-#[utoipa::path(get, path = "/dashboard/jobs.js", tag = "operations",
-    responses((status = 200, description = "The dashboard's module of the job list: pages, live updates, thumbnails, cancelling", content_type = "text/javascript; charset=utf-8", body = String)))]
-pub async fn jobs_js(State(app): State<AppState>) -> Response {
-    file(&app.dashboard_csp, JS, JOBS_JS)
-}
-
-/// The dashboard's module of uploads from the drop zone.
-#[utoipa::path(get, path = "/dashboard/uploads.js", tag = "operations",
-    responses((status = 200, description = "The dashboard's module of uploads from the drop zone", content_type = "text/javascript; charset=utf-8", body = String)))]
-pub async fn uploads_js(State(app): State<AppState>) -> Response {
-    file(&app.dashboard_csp, JS, UPLOADS_JS)
-}
-
-/// The dashboard's module that follows the caller's event stream.
-#[utoipa::path(get, path = "/dashboard/live.js", tag = "operations",
-    responses((status = 200, description = "The dashboard's module that follows the caller's event stream", content_type = "text/javascript; charset=utf-8", body = String)))]
-pub async fn live_js(State(app): State<AppState>) -> Response {
-    file(&app.dashboard_csp, JS, LIVE_JS)
-}
-
-/// The dashboard's module of the figure cards (`/api/v1/stats`).
-#[utoipa::path(get, path = "/dashboard/stats.js", tag = "operations",
-    responses((status = 200, description = "The dashboard's module of the figure cards (/api/v1/stats)", content_type = "text/javascript; charset=utf-8", body = String)))]
-pub async fn stats_js(State(app): State<AppState>) -> Response {
-    file(&app.dashboard_csp, JS, STATS_JS)
-}
-
-/// The dashboard's style sheet.
-#[utoipa::path(get, path = "/dashboard/style.css", tag = "operations",
-    responses((status = 200, description = "The dashboard's style sheet", content_type = "text/css; charset=utf-8", body = String)))]
-pub async fn style_css(State(app): State<AppState>) -> Response {
-    file(&app.dashboard_csp, "text/css; charset=utf-8", STYLE_CSS)
-}
-
-/// The dashboard's icon.
-#[utoipa::path(get, path = "/dashboard/favicon.svg", tag = "operations",
-    responses((status = 200, description = "The dashboard's icon", content_type = "image/svg+xml", body = String)))]
-pub async fn favicon(State(app): State<AppState>) -> Response {
-    file(&app.dashboard_csp, "image/svg+xml", FAVICON_SVG)
-}
+dashboard_file!(
+    index,
+    "/",
+    "text/html; charset=utf-8",
+    INDEX_HTML,
+    "The dashboard page (it asks for a token and keeps it in the tab)"
+);
+dashboard_file!(
+    main_js,
+    "/dashboard/main.js",
+    "text/javascript; charset=utf-8",
+    MAIN_JS,
+    "The dashboard's script: the module the page loads (it imports the others)"
+);
+dashboard_file!(
+    api_js,
+    "/dashboard/api.js",
+    "text/javascript; charset=utf-8",
+    API_JS,
+    "The dashboard's module that talks to the API: token, requests, errors, event streams"
+);
+dashboard_file!(
+    ui_js,
+    "/dashboard/ui.js",
+    "text/javascript; charset=utf-8",
+    UI_JS,
+    "The dashboard's module of element helpers, formats and toasts"
+);
+dashboard_file!(
+    jobs_js,
+    "/dashboard/jobs.js",
+    "text/javascript; charset=utf-8",
+    JOBS_JS,
+    "The dashboard's module of the job list: pages, live updates, thumbnails, cancelling"
+);
+dashboard_file!(
+    uploads_js,
+    "/dashboard/uploads.js",
+    "text/javascript; charset=utf-8",
+    UPLOADS_JS,
+    "The dashboard's module of uploads from the drop zone"
+);
+dashboard_file!(
+    live_js,
+    "/dashboard/live.js",
+    "text/javascript; charset=utf-8",
+    LIVE_JS,
+    "The dashboard's module that follows the caller's event stream"
+);
+dashboard_file!(
+    stats_js,
+    "/dashboard/stats.js",
+    "text/javascript; charset=utf-8",
+    STATS_JS,
+    "The dashboard's module of the figure cards (/api/v1/stats)"
+);
+dashboard_file!(
+    style_css,
+    "/dashboard/style.css",
+    "text/css; charset=utf-8",
+    STYLE_CSS,
+    "The dashboard's style sheet"
+);
+dashboard_file!(
+    favicon,
+    "/dashboard/favicon.svg",
+    "image/svg+xml",
+    FAVICON_SVG,
+    "The dashboard's icon"
+);
 
 /// The dashboard's figures for the caller: the work queue's depth, its consumers and
 /// lanes, the caller's backlog and throughput.
@@ -167,6 +178,9 @@ pub async fn stats(State(app): State<AppState>, caller: Caller) -> Result<Json<S
 
 #[cfg(test)]
 mod tests {
+    /// The type every module is served with (a module script must have a JavaScript type).
+    const JS: &str = "text/javascript; charset=utf-8";
+
     use super::*;
 
     /// The modules a module imports: the string of each `import` line (one line each).
