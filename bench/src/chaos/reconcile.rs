@@ -283,6 +283,8 @@ struct Offenders {
     ids: HashSet<JobId>,
     /// After the count: "jobs flipped", "SUCCESS jobs lack their image or result blob".
     what: &'static str,
+    /// What a reader needs to see of a few of them to find the cause (a flip's events).
+    details: Vec<String>,
 }
 
 impl Offenders {
@@ -290,7 +292,16 @@ impl Offenders {
         Offenders {
             ids: ids.into_iter().collect(),
             what,
+            details: Vec::new(),
         }
+    }
+
+    /// Adds a line of `detail` for each of the first few offenders.
+    fn detailed(mut self, detail: impl Fn(&JobId) -> String) -> Offenders {
+        let mut ids: Vec<&JobId> = self.ids.iter().collect();
+        ids.sort();
+        self.details = ids.into_iter().take(5).map(detail).collect();
+        self
     }
 
     fn contains(&self, id: &JobId) -> bool {
@@ -307,12 +318,14 @@ impl Check for Offenders {
         if self.ids.is_empty() {
             return Vec::new();
         }
-        vec![format!(
+        let mut lines = vec![format!(
             "{} {}: {}",
             self.ids.len(),
             self.what,
             sample(&self.ids)
-        )]
+        )];
+        lines.extend(self.details.iter().map(|d| format!("  - {d}")));
+        lines
     }
 }
 
@@ -357,7 +370,17 @@ fn replicas_agree(jobs: &Jobs) -> Offenders {
 /// once), but a job that ended must stay ended with the same result, whichever copy a
 /// reader meets first.
 fn no_status_flipped(jobs: &Jobs) -> Offenders {
-    Offenders::new("jobs flipped", offending(jobs, Job::flipped))
+    Offenders::new("jobs flipped", offending(jobs, Job::flipped)).detailed(|id| {
+        let events = jobs
+            .get(id)
+            .map(|j| j.events.as_slice())
+            .unwrap_or_default();
+        let events: Vec<String> = events.iter().map(|(s, a)| format!("{s} {a}")).collect();
+        format!(
+            "{id}, its events in the stream's order: {}",
+            events.join(", ")
+        )
+    })
 }
 
 /// Every SUCCESS (as the first replica shows it) has its image, stored at the job's id,
@@ -1043,7 +1066,17 @@ mod tests {
             let (id, jobs) = one(job(events, vec![]));
             let flipped = no_status_flipped(&jobs);
             assert!(flipped.contains(&id), "{events:?}");
-            assert_eq!(flipped.failures(), [format!("1 jobs flipped: {id}")]);
+            let history: Vec<String> = events.iter().map(|(s, a)| format!("{s} {a}")).collect();
+            assert_eq!(
+                flipped.failures(),
+                [
+                    format!("1 jobs flipped: {id}"),
+                    format!(
+                        "  - {id}, its events in the stream's order: {}",
+                        history.join(", ")
+                    )
+                ]
+            );
         }
     }
 
