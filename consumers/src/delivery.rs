@@ -5,10 +5,20 @@
 //! Every path ends in exactly one of: ack after the copy (if any) and the event are
 //! confirmed by the broker; or nack with requeue when they are not, or when the attempt
 //! was abandoned, so that nothing is lost.
+//!
+//! Once an attempt is decided, its copy and event are published again while their
+//! confirm does not come (for up to [`OUTCOME_HOLD`]), holding the delivery, rather than
+//! returned to the queue at the first failure. A publish whose confirm timed out may still
+//! land (one sent just as an alarm blocks the connection waits in the socket, and is
+//! confirmed once the alarm clears): a requeue would then run the job again beside an
+//! outcome already recorded, and that second run may end otherwise (a retry, the delivery
+//! limit). Publishing the same outcome twice only repeats an event, which readers take
+//! once.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use lapin::message::Delivery;
@@ -18,6 +28,7 @@ use lapin::BasicProperties;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use imagejobs_core::backoff::Backoff;
 use imagejobs_core::broker::{Broker, PublishError};
 use imagejobs_core::events::EventSink;
 use imagejobs_core::message::{
@@ -30,6 +41,11 @@ use crate::cancels::Cancels;
 use crate::metrics::{ConsumerMetrics, DeadReason, Stage};
 use crate::outcome::{self, Copy, Mark, Outcome, Route, Settlement, Then};
 use crate::pipeline::Pipeline;
+
+/// How long a decided outcome's copy and event are published again while their confirm
+/// does not come, before the delivery is returned to the queue: longer than a resource
+/// alarm or a node's restart usually lasts, far shorter than the broker's consumer timeout.
+pub const OUTCOME_HOLD: Duration = Duration::from_secs(60);
 
 /// Counters of one consumer process, for tests and logs.
 #[derive(Debug, Default)]
@@ -96,7 +112,9 @@ impl Handler {
                     ..
                 })
             );
-            let then = self.carry_out(&properties, &body, settlement).await;
+            let then = self
+                .carry_out(&properties, &body, settlement, abandon)
+                .await;
             if then == Then::Ack {
                 self.metrics.settled(status, dead, delayed);
                 tracing::info!(status = status.unwrap_or("-"), "job settled");
@@ -187,20 +205,32 @@ impl Handler {
         settled(Some(meta), outcome, delays)
     }
 
-    /// Publishes the copy, then the event, each with its confirm; `Requeue` when either
-    /// is not confirmed.
-    async fn carry_out(&self, props: &BasicProperties, body: &[u8], s: Settlement) -> Then {
+    /// Publishes the copy, then the event, each until it is confirmed; `Requeue` when
+    /// either is not confirmed within [`OUTCOME_HOLD`] or before `abandon`.
+    async fn carry_out(
+        &self,
+        props: &BasicProperties,
+        body: &[u8],
+        s: Settlement,
+        abandon: &CancellationToken,
+    ) -> Then {
         let job_id = s.event.as_ref().map(|e| e.job_id);
+        let until = tokio::time::Instant::now() + OUTCOME_HOLD;
         if let Some(copy) = &s.copy {
             log_copy(copy, s.event.as_ref());
-            if let Err(e) = self.publish_copy(props, body, copy).await {
+            let published = self
+                .until_confirmed(until, abandon, || self.publish_copy(props, body, copy))
+                .await;
+            if let Err(e) = published {
                 tracing::warn!(?job_id, error = %e, "could not publish the job's copy; returning it to the queue");
                 return Then::Requeue;
             }
         }
         if let Some(event) = &s.event {
             let started = std::time::Instant::now();
-            let published = self.events.publish(event).await;
+            let published = self
+                .until_confirmed(until, abandon, || self.events.publish(event))
+                .await;
             self.metrics.stage(Stage::Event, started);
             if let Err(e) = published {
                 tracing::warn!(?job_id, error = %e, "could not record the job's outcome; returning it to the queue");
@@ -208,6 +238,37 @@ impl Handler {
             }
         }
         s.then
+    }
+
+    /// Runs `publish` until it is confirmed, it fails in a way that would fail again, or
+    /// `until` or `abandon` comes; with a backoff between tries.
+    async fn until_confirmed<F, Fut>(
+        &self,
+        until: tokio::time::Instant,
+        abandon: &CancellationToken,
+        mut publish: F,
+    ) -> Result<(), PublishError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), PublishError>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        loop {
+            let e = match publish().await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let wait = backoff.next_delay();
+            if !e.may_pass_again() || tokio::time::Instant::now() + wait >= until {
+                return Err(e);
+            }
+            tracing::info!(error = %e, "the outcome was not confirmed; publishing it again");
+            tokio::select! {
+                _ = abandon.cancelled() => return Err(e),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            self.metrics.outcome_retry();
+        }
     }
 
     async fn publish_copy(

@@ -134,7 +134,7 @@ impl ConsumerMetrics {
         let retries = Family::<TierLabels, Counter>::default();
         r.register(
             "imagejobs_retries",
-            "Retries by tier: call (in-process, one service call again) and delayed (a retry queue)",
+            "Retries by tier: call (in-process, one service call again), delayed (a retry queue) and outcome (a decided outcome published again after its confirm did not come)",
             retries.clone(),
         );
         let dead_letters = Family::<ReasonLabels, Counter>::default();
@@ -194,6 +194,13 @@ impl ConsumerMetrics {
                 .get_or_create(&TierLabels { tier: "call" })
                 .inc_by(n);
         }
+    }
+
+    /// A settlement's copy or event is published again: its confirm did not come.
+    pub fn outcome_retry(&self) {
+        self.retries
+            .get_or_create(&TierLabels { tier: "outcome" })
+            .inc();
     }
 
     /// The label of a reported status: a fixed set, whatever the event holds.

@@ -103,6 +103,15 @@ pub enum PublishError {
     Encode(String),
 }
 
+impl PublishError {
+    /// Whether the same publish may be confirmed when tried again: the broker was away,
+    /// blocked, slow or full. Not an unroutable message or one that cannot be encoded,
+    /// which fail the same way every time.
+    pub fn may_pass_again(&self) -> bool {
+        !matches!(self, PublishError::Returned(_) | PublishError::Encode(_))
+    }
+}
+
 /// A live connection with its channel pool. Cloned as `Arc`; dropped with the connection.
 pub struct Live {
     pub connection: Arc<Connection>,

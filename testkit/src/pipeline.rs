@@ -381,6 +381,11 @@ impl TestConsumer {
         self.stats.acked.load(Ordering::Relaxed)
     }
 
+    /// Deliveries it returned to the queue.
+    pub fn requeued(&self) -> u64 {
+        self.stats.requeued.load(Ordering::Relaxed)
+    }
+
     /// Stops it (draining) and waits until it has.
     pub async fn stop(self) {
         self.shutdown.cancel();

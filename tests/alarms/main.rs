@@ -136,3 +136,53 @@ async fn a_consumer_waits_out_a_short_alarm_and_loses_nothing() {
     })
     .await;
 }
+
+/// An outcome whose confirm does not come within the publish timeout (the broker holds the
+/// publish for as long as the alarm lasts) is published again, the delivery held meanwhile:
+/// returned to the queue instead, the job would run a second time beside an outcome that
+/// lands once the alarm clears, and could end otherwise.
+#[tokio::test]
+async fn an_outcome_held_past_the_confirm_timeout_is_published_again_not_run_again() {
+    let _one = ALARM.lock().await;
+    let p = Pipeline::with_stubs(|c| c.running_ms = 1500).await;
+    let ing = p.ingress().await;
+    let consumer = p.consumer_with(|c| c.metrics_port = Some(0)).await;
+    let metrics = format!("http://{}/metrics", consumer.metrics_addr.unwrap());
+    let id = ing.submit_id(&png(12, 12)).await;
+    let stubs = &p.stubs;
+    eventually(T, "the worker to start the job", || async {
+        (stubs.stats().jobs_started >= 1).then_some(())
+    })
+    .await;
+    let alarm = MemoryAlarm::raise().await;
+    eventually(T, "the job to end at the worker", || async {
+        (stubs.stats().jobs_succeeded >= 1).then_some(())
+    })
+    .await;
+    // The alarm stays until the first publish of the SUCCESS timed out and it went again.
+    eventually(T, "the consumer to publish its outcome again", || async {
+        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        text.lines()
+            .any(|l| l.starts_with(r#"imagejobs_retries_total{tier="outcome"}"#))
+            .then_some(())
+    })
+    .await;
+    drop(alarm);
+    let job = ing.wait_terminal(&id, 1, T).await;
+    assert_eq!(job["status"], "SUCCESS", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    eventually(T, "the delivery acked", || async {
+        (consumer.acked() >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        consumer.requeued(),
+        0,
+        "the delivery was held, not returned"
+    );
+    let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains("imagejobs_deliveries_total 1\n"),
+        "delivered once: {text}"
+    );
+}
