@@ -30,6 +30,22 @@ impl MemoryAlarm {
         .await;
         MemoryAlarm
     }
+
+    /// Raises it once the worker has started the pipeline's one job, and returns once the
+    /// worker has ended it: the job's outcome is then published during the alarm.
+    async fn around_the_end(p: &Pipeline) -> MemoryAlarm {
+        let stubs = &p.stubs;
+        eventually(T, "the worker to start the job", || async {
+            (stubs.stats().jobs_started >= 1).then_some(())
+        })
+        .await;
+        let alarm = MemoryAlarm::raise().await;
+        eventually(T, "the job to end at the worker", || async {
+            (stubs.stats().jobs_succeeded >= 1).then_some(())
+        })
+        .await;
+        alarm
+    }
 }
 
 impl Drop for MemoryAlarm {
@@ -103,17 +119,8 @@ async fn a_consumer_waits_out_a_short_alarm_and_loses_nothing() {
     let ing = p.ingress().await;
     let consumer = p.consumer().await;
     let id = ing.submit_id(&png(12, 12)).await;
-    let stubs = &p.stubs;
-    eventually(T, "the worker to start the job", || async {
-        (stubs.stats().jobs_started >= 1).then_some(())
-    })
-    .await;
     // The job ends during the alarm: its SUCCESS waits for the broker.
-    let alarm = MemoryAlarm::raise().await;
-    eventually(T, "the job to end at the worker", || async {
-        (stubs.stats().jobs_succeeded >= 1).then_some(())
-    })
-    .await;
+    let alarm = MemoryAlarm::around_the_end(&p).await;
     // Only the consumer publishes now (its SUCCESS): a blocked connection is its.
     eventually(
         T,
@@ -149,16 +156,7 @@ async fn an_outcome_held_past_the_confirm_timeout_is_published_again_not_run_aga
     let consumer = p.consumer_with(|c| c.metrics_port = Some(0)).await;
     let metrics = format!("http://{}/metrics", consumer.metrics_addr.unwrap());
     let id = ing.submit_id(&png(12, 12)).await;
-    let stubs = &p.stubs;
-    eventually(T, "the worker to start the job", || async {
-        (stubs.stats().jobs_started >= 1).then_some(())
-    })
-    .await;
-    let alarm = MemoryAlarm::raise().await;
-    eventually(T, "the job to end at the worker", || async {
-        (stubs.stats().jobs_succeeded >= 1).then_some(())
-    })
-    .await;
+    let alarm = MemoryAlarm::around_the_end(&p).await;
     // The alarm stays until the first publish of the SUCCESS timed out and it went again.
     eventually(T, "the consumer to publish its outcome again", || async {
         let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
